@@ -93,3 +93,33 @@ class Priority(enum.IntEnum):
     HIGH = 2
     NORMAL = 3
     LOW = 4
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What became of one message: the line the daemon logs and ``ingest --json`` prints."""
+
+    outcome: Outcome
+    reason: str = ""
+    ticket: str | None = None
+    priority: int | None = None
+    request_type: str | None = None
+    subject: str = ""
+    from_address: str = ""
+    due_at: datetime | None = None
+    ack: bool = False
+    message_id: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "outcome": self.outcome.value,
+            "ticket": self.ticket,
+            "priority": self.priority,
+            "request_type": self.request_type,
+            "subject": self.subject,
+            "from": self.from_address,
+            "due_at": self.due_at.isoformat().replace("+00:00", "Z") if self.due_at else None,
+            "ack": self.ack,
+            "reason": self.reason,
+            "message_id": self.message_id,
+        }

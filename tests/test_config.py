@@ -1,0 +1,161 @@
+"""Loading settings: the example file, and one clear error naming file and key for each mistake."""
+
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from ticketure_mail.config import Settings, find_config_path, load_settings, read_secret
+from ticketure_mail.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config.example.toml"
+PRODUCT = ROOT.parent / "shared" / "PRODUCT.md"
+
+MINIMAL = """
+[imap]
+host = "127.0.0.1"
+username = "u"
+password_env = "T_IMAP"
+[smtp]
+host = "127.0.0.1"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_loads_and_carries_the_support_terms() -> None:
+    settings = load_settings(EXAMPLE)
+    assert settings.support.address == "support@ticketure.com"
+    assert settings.urgency.markers == ("Urgent", "Urgent-Priority", "Urgent Priority")
+    assert [p.number for p in settings.escalation.phones] == ["844-830-9595", "+44 0800 031 8902"]
+    t = settings.targets
+    assert (t.priority_1_minutes, t.priority_2_minutes, t.priority_3_minutes, t.priority_4_minutes) == (
+        15, 60, 3 * 24 * 60, 7 * 24 * 60)
+    assert t.standard_support_business_hours == 24
+    assert settings.calendar.working_days == ("mon", "tue", "wed", "thu", "fri")
+
+
+def test_example_config_matches_the_defaults() -> None:
+    """Every key in the example shows its default: loading it equals loading nothing optional."""
+    example = load_settings(EXAMPLE)
+    defaults = Settings(imap=example.imap, smtp=example.smtp, source=example.source)
+    assert example == defaults
+
+
+def test_phone_numbers_in_example_are_the_product_facts() -> None:
+    text = PRODUCT.read_text(encoding="utf-8")
+    for phone in load_settings(EXAMPLE).escalation.phones:
+        assert phone.number in text
+
+
+def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL))
+    assert settings.imap.port == 993 and settings.imap.tls == "ssl" and settings.imap.verify_certificate
+    assert settings.database.url == "sqlite:///ticketure-mail.sqlite3"
+    assert settings.schedule.poll_interval_seconds == 60
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ("[imap2]\nx = 1\n", "imap2", "unknown key"),
+        ("[schedule]\npoll_interval_seconds = \"often\"\n", "schedule.poll_interval_seconds", "whole number"),
+        ("[schedule]\npoll_interval_seconds = 0\n", "schedule.poll_interval_seconds", "at least 1"),
+        ("[database]\nurl = 5\n", "database.url", "must be a string"),
+        ("[calendar]\ntimezone = \"Mars/Olympus\"\n", "calendar.timezone", "unknown time zone"),
+        ("[calendar]\nworking_days = [\"monday\"]\n", "calendar.working_days[0]", "must be one of"),
+        ("[calendar]\nholidays = [\"2026-12-25\"]\n", "calendar.holidays[0]", "must be a date"),
+        ("[urgency]\nmarkers = []\n", "urgency.markers", "at least one"),
+        ("[[escalation.phones]]\nlabel = \"x\"\n", "escalation.phones[0].number", "required key is missing"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, extra: str, key: str, problem: str) -> None:
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+    assert str(path) in str(caught.value)
+
+
+def test_unknown_key_inside_a_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL.replace('username = "u"', 'username = "u"\nusrname = "typo"')))
+    assert caught.value.key == "imap.usrname"
+
+
+def test_bad_tls_mode(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL.replace('host = "127.0.0.1"\nusername', 'host = "127.0.0.1"\ntls = "yes"\nusername')))
+    assert caught.value.key == "imap.tls"
+    assert "'ssl', 'starttls', 'none'" in caught.value.problem
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL.replace('host = "127.0.0.1"\nusername', 'username', 1)))
+    assert caught.value.key == "imap.host"
+    assert "required" in caught.value.problem
+
+
+def test_password_may_not_sit_in_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL.replace('password_env = "T_IMAP"', 'password = "hunter2"')))
+    assert caught.value.key == "imap.password"
+
+
+def test_holidays_are_dates(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL + "[calendar]\nholidays = [2026-12-25]\n"))
+    assert settings.calendar.holidays == (date(2026, 12, 25),)
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[imap\n"))
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_settings(tmp_path)  # a directory
+
+
+def test_secrets_from_environment_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL))
+    monkeypatch.delenv("T_IMAP", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        read_secret(settings, "imap")
+    assert caught.value.key == "imap.password_env" and "T_IMAP is not set" in caught.value.problem
+    monkeypatch.setenv("T_IMAP", "s3cret")
+    assert read_secret(settings, "imap") == "s3cret"
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\n", encoding="utf-8")
+    settings = load_settings(write(tmp_path, MINIMAL.replace('password_env = "T_IMAP"', f'password_file = "{secret_file}"')))
+    assert read_secret(settings, "imap") == "from-file"
+    assert read_secret(settings, "smtp") == ""
+
+
+def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKETURE_MAIL_CONFIG", "/etc/t.toml")
+    assert find_config_path("x.toml") == Path("x.toml")
+    assert find_config_path(None) == Path("/etc/t.toml")
+    monkeypatch.delenv("TICKETURE_MAIL_CONFIG")
+    assert find_config_path(None) == Path("config.toml")
+
+
+def test_cli_reports_a_broken_config_in_one_line_with_status_2(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "[schedule]\npoll_interval_seconds = \"soon\"\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "ticketure_mail", "--config", str(path), "tickets", "list"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(path) in lines[0] and "schedule.poll_interval_seconds" in lines[0]
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,126 @@
+"""What becomes of a message: the threading rule, automatic mail, escalation, as tables."""
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ticketure_mail.config import load_settings
+from ticketure_mail.decisions import Source, ThreadCandidate, decide, dedupe_key, requester_of
+from ticketure_mail.deadlines import policy_from_settings
+from ticketure_mail.loops import HUMAN, LoopVerdict
+from ticketure_mail.model import Address, Outcome, Priority, RequestType
+from ticketure_mail.urgency import UrgencyRule
+
+from mailfactory import parsed
+
+SETTINGS = load_settings(Path(__file__).resolve().parents[1] / "config.example.toml")
+POLICY = policy_from_settings(SETTINGS)
+RULE = UrgencyRule(SETTINGS.urgency.markers, SETTINGS.urgency.negations)
+THURSDAY = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
+
+
+def candidate(matched_by="in-reply-to", priority=Priority.NORMAL, participants=("client@example.com",)):
+    return ThreadCandidate(7, "TKT-000007", priority, RequestType.STANDARD, "client@example.com",
+                           frozenset(participants), matched_by)
+
+
+def plan_for(mail, cand=None, verdict=HUMAN, followups=False):
+    return decide(mail, source=Source("ingest"), received_at=THURSDAY, candidate=cand, verdict=verdict,
+                  urgency=RULE, policy=POLICY, acknowledge_followups=followups)
+
+
+def test_new_standard_request() -> None:
+    plan = plan_for(parsed())
+    assert plan.outcome == Outcome.CREATED
+    assert plan.new_ticket is not None
+    assert plan.new_ticket.priority == Priority.NORMAL
+    assert plan.new_ticket.request_type == RequestType.STANDARD
+    assert plan.new_ticket.due_at == THURSDAY + timedelta(hours=24)
+    assert plan.ack == "standard"
+
+
+def test_new_urgent_request_is_due_in_fifteen_minutes() -> None:
+    plan = plan_for(parsed(subject="Urgent: payments fail"))
+    assert plan.new_ticket is not None
+    assert plan.new_ticket.priority == Priority.URGENT
+    assert plan.new_ticket.urgency_marker == "Urgent"
+    assert plan.new_ticket.due_at == THURSDAY + timedelta(minutes=15)
+    assert plan.ack == "urgent"
+
+
+@pytest.mark.parametrize(
+    ("matched_by", "sender", "joins"),
+    [
+        ("in-reply-to", "client@example.com", True),
+        ("references", "colleague@example.com", True),  # someone in Cc answering the thread
+        ("subject-reference", "client@example.com", True),
+        ("subject-reference", "CLIENT@example.com", True),
+        ("subject-reference", "stranger@example.net", False),  # a guessed reference opens a new ticket
+    ],
+)
+def test_threading_rule(matched_by: str, sender: str, joins: bool) -> None:
+    plan = plan_for(parsed(subject="Re: [TKT-000007] Printer", from_addr=sender), candidate(matched_by))
+    assert plan.outcome == (Outcome.THREADED if joins else Outcome.CREATED)
+    assert (plan.join_ticket is not None) == joins
+
+
+def test_follow_up_gets_no_acknowledgement_by_default() -> None:
+    assert plan_for(parsed(subject="Re: Printer"), candidate()).ack is None
+    assert plan_for(parsed(subject="Re: Printer"), candidate(), followups=True).ack == "standard"
+
+
+def test_urgent_follow_up_escalates_a_normal_ticket() -> None:
+    plan = plan_for(parsed(subject="Re: URGENT now: Printer"), candidate())
+    assert plan.outcome == Outcome.THREADED
+    assert plan.escalation is not None and plan.escalation.due_at == THURSDAY + timedelta(minutes=15)
+    assert plan.ack == "escalated"
+
+
+def test_urgent_follow_up_on_an_urgent_ticket_changes_nothing() -> None:
+    plan = plan_for(parsed(subject="Re: Urgent: Printer"), candidate(priority=Priority.URGENT))
+    assert plan.escalation is None and plan.ack is None
+
+
+def test_automatic_reply_joins_its_ticket_as_a_silent_note() -> None:
+    verdict = LoopVerdict(True, True, "Auto-Submitted: auto-replied")
+    plan = plan_for(parsed(subject="Automatic reply: Urgent: server down"), candidate(), verdict)
+    assert plan.outcome == Outcome.THREADED
+    assert plan.message_kind == "note"
+    assert plan.escalation is None and plan.ack is None and plan.new_ticket is None
+
+
+def test_automatic_mail_without_ticket_is_discarded_with_reason() -> None:
+    verdict = LoopVerdict(True, True, "delivery status notification")
+    plan = plan_for(parsed(subject="Undelivered Mail"), None, verdict)
+    assert plan.outcome == Outcome.DISCARDED
+    assert "delivery status notification" in plan.reason
+
+
+def test_automatic_mail_never_joins_by_a_bare_subject_reference() -> None:
+    verdict = LoopVerdict(True, True, "Auto-Submitted: auto-replied")
+    plan = plan_for(parsed(subject="Re: [TKT-000007]"), candidate("subject-reference"), verdict)
+    assert plan.outcome == Outcome.DISCARDED
+
+
+def test_list_mail_opens_a_ticket_without_acknowledgement() -> None:
+    plan = plan_for(parsed(), None, LoopVerdict(False, True, "List-Id header (mailing list)"))
+    assert plan.outcome == Outcome.CREATED and plan.ack is None
+    assert "List-Id" in plan.reason
+
+
+def test_no_sender_at_all_is_quarantined() -> None:
+    plan = plan_for(parsed(from_addr="", from_address=None))
+    assert plan.outcome == Outcome.QUARANTINED
+
+
+def test_requester_falls_back_to_sender_then_return_path() -> None:
+    assert requester_of(parsed(from_addr="", sender=Address("S", "s@example.com"))) == Address("S", "s@example.com")
+    assert requester_of(parsed(from_addr="", from_address=None, return_path="rp@example.com")) == Address("", "rp@example.com")
+
+
+def test_dedupe_key_prefers_message_id_and_falls_back_to_content() -> None:
+    assert dedupe_key(parsed(message_id="abc@example.com")) == "mid:abc@example.com"
+    assert dedupe_key(parsed(message_id=None, content_digest="f" * 64)) == "digest:" + "f" * 64
+    long_key = dedupe_key(parsed(message_id="x" * 2000 + "@example.com"))
+    assert long_key.startswith("mid-sha256:") and len(long_key) < 100

@@ -1,0 +1,59 @@
+"""Headers -> automatic or not, acknowledge or not (RFC 3834 and the habits of real robots)."""
+
+import pytest
+
+from ticketure_mail.loops import LOOP_HEADER, judge
+from ticketure_mail.model import Address
+
+from mailfactory import parsed
+
+OWN = {"support@ticketure.com"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "fields", "sender", "automatic", "no_ack"),
+    [
+        ({}, {}, "client@example.com", False, False),
+        ({"Auto-Submitted": "no"}, {}, "client@example.com", False, False),
+        ({"Auto-Submitted": "auto-replied"}, {}, "client@example.com", True, True),
+        ({"Auto-Submitted": "auto-generated; owner-email=x@example.com"}, {}, "client@example.com", True, True),
+        ({"X-Autoreply": "yes"}, {}, "client@example.com", True, True),
+        ({"Precedence": "auto_reply"}, {}, "client@example.com", True, True),
+        ({LOOP_HEADER: "TKT-000001"}, {}, "client@example.com", True, True),
+        ({"X-Loop": "support@ticketure.com"}, {}, "client@example.com", True, True),
+        ({"X-Loop": "other@example.com"}, {}, "client@example.com", False, False),
+        ({}, {}, "support@ticketure.com", True, True),
+        ({}, {}, "SUPPORT@ticketure.com", True, True),
+        ({}, {}, "MAILER-DAEMON@mx.example.org", True, True),
+        ({}, {}, "postmaster@example.org", True, True),
+        ({}, {"return_path": ""}, "client@example.com", True, True),
+        ({}, {"return_path": "client@example.com"}, "client@example.com", False, False),
+        ({}, {"is_delivery_report": True}, "client@example.com", True, True),
+        # A person may have written these, but an answer would reach a list, a robot or nobody.
+        ({"Precedence": "bulk"}, {}, "client@example.com", False, True),
+        ({"Precedence": "list"}, {}, "client@example.com", False, True),
+        ({"Precedence": "junk"}, {}, "client@example.com", False, True),
+        ({"List-Id": "<team.lists.example.com>"}, {}, "client@example.com", False, True),
+        ({"X-Auto-Response-Suppress": "All"}, {}, "client@example.com", False, True),
+        ({"X-Auto-Response-Suppress": "DR, AutoReply"}, {}, "client@example.com", False, True),
+        ({"X-Auto-Response-Suppress": "OOF"}, {}, "client@example.com", False, False),
+        ({}, {}, "no-reply@shop.example.com", False, True),
+        ({}, {}, "noreply@shop.example.com", False, True),
+        ({}, {}, "do-not-reply@shop.example.com", False, True),
+        ({}, {}, "norman@example.com", False, False),
+    ],
+)
+def test_judge(headers: dict[str, str], fields: dict, sender: str, automatic: bool, no_ack: bool) -> None:
+    verdict = judge(parsed(from_addr=sender, headers=headers, **fields), OWN)
+    assert (verdict.automatic, verdict.no_ack) == (automatic, no_ack)
+    assert bool(verdict.reason) == no_ack
+
+
+def test_a_message_without_sender_is_not_automatic_by_itself() -> None:
+    verdict = judge(parsed(from_addr="", from_address=None), OWN)
+    assert not verdict.automatic
+
+
+def test_reply_to_does_not_change_the_verdict() -> None:
+    mail = parsed(reply_to=(Address("", "support@ticketure.com"),))
+    assert not judge(mail, OWN).automatic

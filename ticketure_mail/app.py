@@ -1,0 +1,59 @@
+"""The composition root: builds the application's parts from settings, and nothing else does."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from .clock import Clock, SystemClock
+from .config import Settings, read_secret
+from .delivery import OutboxDelivery, Sender
+from .imap_inbox import ImapInbox
+from .pipeline import Processor
+from .poller import Poller
+from .smtp_sender import SmtpSender
+from .store import Store
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock
+    store: Store
+    processor: Processor
+    stop: threading.Event = field(default_factory=threading.Event)
+    _sender: Sender | None = None
+
+    def inbox(self) -> ImapInbox:
+        """A new, unconnected IMAP inbox; reading the password may raise ConfigError."""
+        return ImapInbox(self.settings.imap, read_secret(self.settings, "imap"))
+
+    def sender(self) -> Sender:
+        if self._sender is None:
+            self._sender = SmtpSender(self.settings.smtp, read_secret(self.settings, "smtp"))
+        return self._sender
+
+    def delivery(self) -> OutboxDelivery:
+        return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox)
+
+    def poller(self) -> Poller:
+        # Read both secrets now, so a missing one is a config error at start, not a log line later.
+        read_secret(self.settings, "imap")
+        return Poller(self.inbox, self.store, self.processor, self.delivery(), self.settings.imap, self.stop)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_app(settings: Settings, clock: Clock | None = None, sender: Sender | None = None) -> App:
+    """Everything wired from settings; ``clock`` and ``sender`` may be replaced (tests, replays)."""
+    from datetime import timedelta
+
+    clock = clock or SystemClock()
+    store = Store.from_url(
+        settings.database.url,
+        settings.support.reference_prefix,
+        give_up_after=timedelta(hours=settings.outbox.give_up_after_hours),
+    )
+    store.create_schema()
+    return App(settings=settings, clock=clock, store=store, processor=Processor(store, settings, clock), _sender=sender)

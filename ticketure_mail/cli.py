@@ -1,0 +1,355 @@
+"""The command line; the only module that prints for people or ends the process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .acknowledgement import PRIORITY_NAMES, format_due
+from .app import App, build_app
+from .clock import SystemClock, as_utc
+from .config import CONFIG_ENV_VAR, find_config_path, load_settings, read_secret
+from .decisions import Source
+from .errors import ConfigError, ImapError, TicketureError
+from .imap_inbox import ImapInbox
+from .model import Outcome
+from .pipeline import StorageUnavailable
+from .smtp_sender import SmtpSender, SmtpUnavailable
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("ticketure_mail")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ticketure-mail",
+        description="Turns a support mailbox into tickets with response deadlines, and acknowledges each request.",
+        epilog=f"The config file is --config PATH, else ${CONFIG_ENV_VAR}, else ./config.toml. "
+        "Exit status: 0 success, 1 operational failure, 2 invalid configuration or usage.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="the TOML config file")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO"
+    )
+    parser.add_argument("--version", action="version", version=f"ticketure-mail {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="run the daemon: poll the mailbox on a schedule until SIGTERM or SIGINT")
+
+    poll = sub.add_parser("poll", help="poll the mailbox")
+    poll.add_argument("--once", action="store_true", required=True,
+                      help="one full cycle: fetch and process all new mail, send the queued mail, exit")
+
+    ingest = sub.add_parser("ingest", help="process one raw message from a file or standard input (pipe delivery)")
+    ingest.add_argument("file", metavar="FILE|-", help="the raw RFC 5322 message; - reads standard input")
+    ingest.add_argument("--json", action="store_true", help="print one JSON object")
+    ingest.add_argument("--received-at", metavar="ISO8601", help="the arrival time (default: now)")
+
+    tickets = sub.add_parser("tickets", help="show stored tickets")
+    tsub = tickets.add_subparsers(dest="tickets_command", required=True, metavar="ACTION")
+    tlist = tsub.add_parser("list", help="every ticket, one line each")
+    tlist.add_argument("--json", action="store_true")
+    tshow = tsub.add_parser("show", help="one ticket with its messages")
+    tshow.add_argument("reference")
+    tshow.add_argument("--json", action="store_true")
+
+    outbox = sub.add_parser("outbox", help="mail waiting to be sent, or that failed")
+    osub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    olist = osub.add_parser("list", help="pending and failed mail")
+    olist.add_argument("--json", action="store_true")
+    oretry = osub.add_parser("retry", help="queue a failed message again")
+    oretry.add_argument("id", type=int)
+
+    quarantine = sub.add_parser("quarantine", help="messages that could not be processed")
+    qsub = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    qlist = qsub.add_parser("list", help="messages held in quarantine")
+    qlist.add_argument("--json", action="store_true")
+    qretry = qsub.add_parser("retry", help="process held messages again")
+    qretry.add_argument("id", metavar="ID|all")
+
+    sub.add_parser("check-config", help="validate the config and try to log in to IMAP and SMTP")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "received_at", None):
+        try:
+            args.received_at = _parse_time(args.received_at)
+        except ValueError as exc:
+            parser.error(f"--received-at: {exc}")
+    _configure_logging(args.log_level)
+    path = find_config_path(args.config)
+    try:
+        settings = load_settings(path)
+        if args.command == "check-config":
+            return _check_config(settings)
+        app = build_app(settings, SystemClock())
+        try:
+            return _dispatch(app, args)
+        finally:
+            app.close()
+    except ConfigError as exc:
+        print(f"ticketure-mail: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (TicketureError, OSError) as exc:
+        print(f"ticketure-mail: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _dispatch(app: App, args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from .daemon import run_daemon
+
+        run_daemon(app)
+        return EXIT_OK
+    if args.command == "poll":
+        return _poll_once(app)
+    if args.command == "ingest":
+        return _ingest(app, args)
+    if args.command == "tickets":
+        return _tickets(app, args)
+    if args.command == "outbox":
+        return _outbox(app, args)
+    if args.command == "quarantine":
+        return _quarantine(app, args)
+    raise AssertionError(args.command)  # pragma: no cover - argparse allows no other
+
+
+def _poll_once(app: App) -> int:
+    poller = app.poller()
+    try:
+        report = poller.cycle()
+    finally:
+        poller.close()
+    d = report.delivery
+    print(
+        f"processed {report.processed} message(s) {_counts(report.outcomes)}; "
+        f"sent {d.sent}, retrying {d.retrying}, failed {d.failed}"
+    )
+    problems = [p for p in (report.imap_error, report.storage_error, *(d.errors[:1] if d.unavailable else [])) if p]
+    for problem in problems:
+        print(f"ticketure-mail: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+def _ingest(app: App, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        raw = Path(args.file).read_bytes()
+    try:
+        result = app.processor.process(raw, Source("ingest"), args.received_at)
+    except StorageUnavailable as exc:
+        # A pipe delivery should be retried by the mail server: temporary failure (EX_TEMPFAIL).
+        print(f"ticketure-mail: {exc}", file=sys.stderr)
+        return 75
+    if args.json:
+        print(json.dumps(result.as_json(), ensure_ascii=False))
+    else:
+        ticket = f" {result.ticket}" if result.ticket else ""
+        due = f" due {result.due_at.isoformat()}" if result.due_at else ""
+        reason = f" ({result.reason})" if result.reason else ""
+        ack = " ack queued" if result.ack else ""
+        print(f"{result.outcome.value}{ticket}{due}{ack}{reason}")
+    return EXIT_OK
+
+
+def _tickets(app: App, args: argparse.Namespace) -> int:
+    zone = app.settings.timezone
+    if args.tickets_command == "list":
+        rows = app.store.tickets()
+        if args.json:
+            print(json.dumps([_ticket_json(t) for t in rows], ensure_ascii=False, indent=2))
+            return EXIT_OK
+        if not rows:
+            print("no tickets")
+        for t in rows:
+            print(f"{t.reference}  P{t.priority}  {t.status:<6}  due {format_due(t.due_at, zone)}  "
+                  f"{t.requester}  {t.subject or '(no subject)'}")
+        return EXIT_OK
+    ticket = app.store.ticket(args.reference)
+    if ticket is None or ticket.id is None:
+        print(f"ticketure-mail: no ticket {args.reference}", file=sys.stderr)
+        return EXIT_FAILURE
+    messages = app.store.ticket_messages(ticket.id)
+    if args.json:
+        data = _ticket_json(ticket)
+        data["messages"] = [
+            {
+                "direction": m.direction,
+                "kind": m.kind,
+                "message_id": m.message_id,
+                "from": m.from_address,
+                "subject": m.subject,
+                "received_at": _iso(m.received_at),
+                "body_text": m.body_text,
+                "attachments": [{"filename": a.filename, "content_type": a.content_type, "size": a.size}
+                                for a in files],
+            }
+            for m, files in messages
+        ]
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    print(f"{ticket.reference}: {ticket.subject or '(no subject)'}")
+    print(f"  requester:    {ticket.requester_name} <{ticket.requester}>".replace("  <", " <").replace(":  ", ": "))
+    print(f"  priority:     {ticket.priority} ({PRIORITY_NAMES[ticket.priority]})")
+    print(f"  request type: {ticket.request_type}")
+    print(f"  status:       {ticket.status}")
+    print(f"  received:     {format_due(ticket.received_at, zone)}")
+    print(f"  due:          {format_due(ticket.due_at, zone)}")
+    print(f"  messages:     {len(messages)}")
+    for m, files in messages:
+        arrow = "<-" if m.direction == "inbound" else "->"
+        names = f"  [{', '.join(a.filename for a in files)}]" if files else ""
+        print(f"    {arrow} {m.kind:<15} {_iso(m.received_at)}  {m.from_address or 'us'}  {m.subject}{names}")
+    return EXIT_OK
+
+
+def _outbox(app: App, args: argparse.Namespace) -> int:
+    if args.outbox_command == "retry":
+        if app.store.requeue_outbox(args.id, app.clock.now()):
+            print(f"outbox {args.id} queued again")
+            return EXIT_OK
+        print(f"ticketure-mail: outbox {args.id} is not a failed message", file=sys.stderr)
+        return EXIT_FAILURE
+    items = app.store.outbox_items()
+    if args.json:
+        print(json.dumps([
+            {"id": i.id, "status": i.status, "kind": i.kind, "recipient": i.recipient, "subject": i.subject,
+             "attempts": i.attempts, "next_attempt_at": _iso(i.next_attempt_at), "last_error": i.last_error,
+             "message_id": i.message_id}
+            for i in items
+        ], ensure_ascii=False, indent=2))
+        return EXIT_OK
+    if not items:
+        print("outbox empty: nothing pending or failed")
+    for i in items:
+        error = f"  last error: {i.last_error}" if i.last_error else ""
+        print(f"{i.id:>6}  {i.status:<8} attempts {i.attempts}  to {i.recipient}  {i.subject}{error}")
+    return EXIT_OK
+
+
+def _quarantine(app: App, args: argparse.Namespace) -> int:
+    rows = app.store.held_quarantine()
+    if args.quarantine_command == "list":
+        if args.json:
+            print(json.dumps([
+                {"id": r.id, "source": r.source, "uid": r.uid, "message_id": r.message_id, "subject": r.subject,
+                 "from": r.from_address, "reason": r.reason, "size": r.size, "created_at": _iso(r.created_at),
+                 "retryable": r.raw is not None}
+                for r in rows
+            ], ensure_ascii=False, indent=2))
+            return EXIT_OK
+        if not rows:
+            print("quarantine empty")
+        for r in rows:
+            print(f"{r.id:>6}  {r.source}  {r.from_address or '?'}  {r.subject or '(no subject)'}  reason: {r.reason}")
+        return EXIT_OK
+    if args.id != "all":
+        if not args.id.isdigit():
+            print("ticketure-mail: quarantine retry takes an ID from 'quarantine list' or 'all'", file=sys.stderr)
+            return EXIT_CONFIG
+        rows = [r for r in rows if r.id == int(args.id)]
+        if not rows:
+            print(f"ticketure-mail: no held quarantine entry {args.id}", file=sys.stderr)
+            return EXIT_FAILURE
+    status = EXIT_OK
+    for r in rows:
+        assert r.id is not None
+        if r.raw is None:
+            print(f"{r.id}: the message is kept only on the IMAP server ({app.settings.imap.quarantine_folder!r}); "
+                  "raise imap.max_message_bytes and move it back to the inbox folder")
+            status = EXIT_FAILURE
+            continue
+        result = app.processor.process(r.raw, Source("quarantine"), r.received_at)
+        # The old entry is done with either way: a new failure is held under a new entry.
+        app.store.release_quarantine(r.id, app.clock.now())
+        print(f"{r.id}: {result.outcome.value}{' ' + result.ticket if result.ticket else ''}"
+              f"{' (' + result.reason + ')' if result.reason else ''}")
+        if result.outcome == Outcome.QUARANTINED:
+            status = EXIT_FAILURE
+    return status
+
+
+def _check_config(settings: Any) -> int:
+    print(f"config {settings.source}: valid")
+    ok = True
+    inbox = ImapInbox(settings.imap, read_secret(settings, "imap"))
+    try:
+        inbox.connect()
+        print(f"imap: ok: logged in to {settings.imap.host}:{settings.imap.port} as {settings.imap.username}; "
+              f"{inbox.check()}")
+    except ImapError as exc:
+        print(f"imap: FAILED: {exc}")
+        ok = False
+    finally:
+        inbox.close()
+    try:
+        print(f"smtp: ok: {SmtpSender(settings.smtp, read_secret(settings, 'smtp')).check()}")
+    except SmtpUnavailable as exc:
+        print(f"smtp: FAILED: {exc}")
+        ok = False
+    try:
+        app = build_app(settings)
+        counts = app.store.counts()
+        app.close()
+        print(f"database: ok: {counts['tickets']} tickets, {counts['outbox_pending']} pending, "
+              f"{counts['quarantined']} quarantined")
+    except Exception as exc:  # any driver error is a failed check, reported in one line
+        print(f"database: FAILED: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        ok = False
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Third-party loggers that print message content or protocol traffic stay quiet.
+    for noisy in ("imapclient", "mailparser", "aiosmtplib", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise ValueError(f"needs a time zone (e.g. 2026-12-03T09:00:00Z): {text!r}")
+    return as_utc(value)
+
+
+def _ticket_json(t: Any) -> dict[str, Any]:
+    return {
+        "reference": t.reference, "subject": t.subject, "requester": t.requester,
+        "requester_name": t.requester_name, "priority": t.priority, "request_type": t.request_type,
+        "status": t.status, "urgency_marker": t.urgency_marker, "received_at": _iso(t.received_at),
+        "due_at": _iso(t.due_at), "created_at": _iso(t.created_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _counts(outcomes: dict[str, int]) -> str:
+    if not outcomes:
+        return ""
+    return "(" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ")"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

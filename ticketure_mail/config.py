@@ -1,0 +1,354 @@
+"""Loads and validates the TOML settings into frozen objects; every problem names its file and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+CONFIG_ENV_VAR = "TICKETURE_MAIL_CONFIG"
+DEFAULT_CONFIG_PATH = "config.toml"
+
+TlsMode = Literal["ssl", "starttls", "none"]
+ProcessedAction = Literal["seen", "move"]
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class SupportSettings:
+    address: str = "support@ticketure.com"
+    name: str = "Ticketure Support"
+    reference_prefix: str = "TKT"
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    host: str
+    username: str
+    port: int = 993
+    tls: TlsMode = "ssl"
+    verify_certificate: bool = True
+    ca_file: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    folder: str = "INBOX"
+    processed_action: ProcessedAction = "seen"
+    processed_folder: str = "Processed"
+    quarantine_folder: str = "Quarantine"
+    batch_size: int = 100
+    max_message_bytes: int = 26_214_400
+    connect_timeout_seconds: float = 15.0
+    read_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int = 587
+    tls: TlsMode = "starttls"
+    verify_certificate: bool = True
+    ca_file: str = ""
+    username: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    from_address: str = "support@ticketure.com"
+    from_name: str = "Ticketure Support"
+    # Empty: acknowledgements go out with the null envelope sender (RFC 3834 section 3.3).
+    envelope_sender: str = ""
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///ticketure-mail.sqlite3"
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    poll_interval_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    max_attempts: int = 8
+    first_retry_seconds: int = 30
+    give_up_after_hours: int = 48
+
+
+@dataclass(frozen=True)
+class UrgencySettings:
+    markers: tuple[str, ...] = ("Urgent", "Urgent-Priority", "Urgent Priority")
+    negations: tuple[str, ...] = ("not", "non")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    priority_1_minutes: int = 15
+    priority_2_minutes: int = 60
+    priority_3_minutes: int = 4320
+    priority_4_minutes: int = 10080
+    standard_support_business_hours: int = 24
+
+
+@dataclass(frozen=True)
+class CalendarSettings:
+    timezone: str = "UTC"
+    working_days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    holidays: tuple[date, ...] = ()
+
+
+@dataclass(frozen=True)
+class PhoneNumber:
+    label: str
+    number: str
+
+
+@dataclass(frozen=True)
+class EscalationSettings:
+    phones: tuple[PhoneNumber, ...] = (
+        PhoneNumber("US customer support", "844-830-9595"),
+        PhoneNumber("UK customer support", "+44 0800 031 8902"),
+    )
+
+
+@dataclass(frozen=True)
+class AcknowledgementSettings:
+    # A follow-up in an existing ticket gets no new acknowledgement unless this is on.
+    acknowledge_followups: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    imap: ImapSettings
+    smtp: SmtpSettings
+    support: SupportSettings = field(default_factory=SupportSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    urgency: UrgencySettings = field(default_factory=UrgencySettings)
+    targets: TargetSettings = field(default_factory=TargetSettings)
+    calendar: CalendarSettings = field(default_factory=CalendarSettings)
+    escalation: EscalationSettings = field(default_factory=EscalationSettings)
+    acknowledgement: AcknowledgementSettings = field(default_factory=AcknowledgementSettings)
+    # Where the settings came from, so later errors (a missing secret) can name the file.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.calendar.timezone)
+
+
+def find_config_path(explicit: str | None) -> Path:
+    """``--config``, else ``$TICKETURE_MAIL_CONFIG``, else ``./config.toml``."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CONFIG_ENV_VAR, "")
+    if from_env:
+        return Path(from_env)
+    return Path(DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a config file; raises ConfigError naming the file and the key."""
+    shown = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(shown, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(shown, "", f"cannot read file: {exc}") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(shown, "", f"not valid TOML: {exc}") from None
+    settings = _build(Settings, table, shown, "")
+    settings = dataclasses.replace(settings, source=shown)
+    _check_semantics(settings)
+    return settings
+
+
+def settings_from_dict(table: dict[str, Any], source: str = "<dict>") -> Settings:
+    """Validate an already-parsed table, as load_settings does; for tests and embedding."""
+    settings = dataclasses.replace(_build(Settings, table, source, ""), source=source)
+    _check_semantics(settings)
+    return settings
+
+
+def read_secret(settings: Settings, section: Literal["imap", "smtp"]) -> str:
+    """The password a section names through ``password_env`` or ``password_file``; "" if none."""
+    part: ImapSettings | SmtpSettings = getattr(settings, section)
+    if part.password_env:
+        value = os.environ.get(part.password_env)
+        if value is None:
+            raise ConfigError(
+                settings.source,
+                f"{section}.password_env",
+                f"environment variable {part.password_env} is not set",
+            )
+        return value
+    if part.password_file:
+        try:
+            return Path(part.password_file).read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                settings.source, f"{section}.password_file", f"cannot read {part.password_file}: {exc.strerror}"
+            ) from None
+    return ""
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _build(cls: type[Any], table: Any, path: str, prefix: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(path, prefix or "<top level>", "must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in table:
+        if key not in known:
+            raise ConfigError(path, _join(prefix, key), "unknown key")
+    values: dict[str, Any] = {}
+    for name, fld in known.items():
+        key = _join(prefix, name)
+        if name in table:
+            values[name] = _convert(hints[name], table[name], path, key)
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                # A required section: build it from an empty table so the missing key is named.
+                values[name] = _build(hints[name], {}, path, key)
+            else:
+                raise ConfigError(path, key, "required key is missing")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, key)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(path, key, f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+        return value
+    if origin is tuple:
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(path, key, "must be an array")
+        return tuple(_convert(item_hint, item, path, f"{key}[{i}]") for i, item in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise AssertionError(f"unsupported settings type {hint}")  # pragma: no cover
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, key, f"must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, key, f"must be a whole number, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, key, f"must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, key, f"must be a string, not {value!r}")
+        return value
+    if hint is date:
+        if isinstance(value, date) and not hasattr(value, "hour"):
+            return value
+        raise ConfigError(path, key, f"must be a date such as 2026-12-25, not {value!r}")
+    raise AssertionError(f"unsupported settings type {hint}")  # pragma: no cover
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+def _check_semantics(settings: Settings) -> None:
+    """Rules across keys or about values that a type alone cannot express."""
+    src = settings.source
+
+    def need(ok: bool, key: str, problem: str) -> None:
+        if not ok:
+            raise ConfigError(src, key, problem)
+
+    for section in ("imap", "smtp"):
+        part = getattr(settings, section)
+        need(bool(part.host.strip()), f"{section}.host", "must not be empty")
+        need(1 <= part.port <= 65535, f"{section}.port", f"must be between 1 and 65535, not {part.port}")
+        need(
+            not (part.password_env and part.password_file),
+            f"{section}.password_file",
+            "set either password_env or password_file, not both",
+        )
+        need(part.ca_file == "" or Path(part.ca_file).is_file(), f"{section}.ca_file", "file not found")
+    need(bool(settings.imap.username), "imap.username", "must not be empty")
+    need(
+        bool(settings.imap.password_env or settings.imap.password_file),
+        "imap.password_env",
+        "the IMAP password must come from password_env or password_file",
+    )
+    need(
+        not (settings.smtp.username and not (settings.smtp.password_env or settings.smtp.password_file)),
+        "smtp.password_env",
+        "smtp.username is set, so the password must come from password_env or password_file",
+    )
+    need(bool(settings.imap.folder), "imap.folder", "must not be empty")
+    need(1 <= settings.imap.batch_size <= 5000, "imap.batch_size", "must be between 1 and 5000")
+    need(settings.imap.max_message_bytes >= 1024, "imap.max_message_bytes", "must be at least 1024")
+    need(settings.imap.connect_timeout_seconds > 0, "imap.connect_timeout_seconds", "must be positive")
+    need(settings.imap.read_timeout_seconds > 0, "imap.read_timeout_seconds", "must be positive")
+    need(settings.smtp.timeout_seconds > 0, "smtp.timeout_seconds", "must be positive")
+    need(
+        settings.imap.processed_action != "move" or bool(settings.imap.processed_folder),
+        "imap.processed_folder",
+        "must name a folder when processed_action is \"move\"",
+    )
+    need(bool(_ADDRESS.match(settings.support.address)), "support.address", "must be an email address")
+    need(bool(_ADDRESS.match(settings.smtp.from_address)), "smtp.from_address", "must be an email address")
+    need(
+        settings.smtp.envelope_sender == "" or bool(_ADDRESS.match(settings.smtp.envelope_sender)),
+        "smtp.envelope_sender",
+        "must be empty (null sender) or an email address",
+    )
+    need(
+        bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,9}", settings.support.reference_prefix)),
+        "support.reference_prefix",
+        "must be 1 to 10 letters or digits, starting with a letter",
+    )
+    need(settings.schedule.poll_interval_seconds >= 1, "schedule.poll_interval_seconds", "must be at least 1")
+    need(settings.outbox.max_attempts >= 1, "outbox.max_attempts", "must be at least 1")
+    need(settings.outbox.first_retry_seconds >= 1, "outbox.first_retry_seconds", "must be at least 1")
+    need(settings.outbox.give_up_after_hours >= 1, "outbox.give_up_after_hours", "must be at least 1")
+    need(bool(settings.urgency.markers), "urgency.markers", "must name at least one marker")
+    for i, marker in enumerate(settings.urgency.markers):
+        need(bool(marker.strip()), f"urgency.markers[{i}]", "must not be empty")
+    for name in ("priority_1_minutes", "priority_2_minutes", "priority_3_minutes", "priority_4_minutes"):
+        need(getattr(settings.targets, name) >= 1, f"targets.{name}", "must be at least 1")
+    need(
+        settings.targets.standard_support_business_hours >= 1,
+        "targets.standard_support_business_hours",
+        "must be at least 1",
+    )
+    try:
+        ZoneInfo(settings.calendar.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(src, "calendar.timezone", f"unknown time zone {settings.calendar.timezone!r}") from None
+    need(bool(settings.calendar.working_days), "calendar.working_days", "must name at least one day")
+    for i, day in enumerate(settings.calendar.working_days):
+        need(day in WEEKDAY_NAMES, f"calendar.working_days[{i}]", f"must be one of {', '.join(WEEKDAY_NAMES)}")
+    for i, phone in enumerate(settings.escalation.phones):
+        need(bool(phone.number.strip()), f"escalation.phones[{i}].number", "must not be empty")

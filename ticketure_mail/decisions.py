@@ -1,0 +1,194 @@
+"""Decides what becomes of one parsed message: a new ticket, a reply in one, or a discard; pure.
+
+Threading rule (documented, and tested in tests/test_decisions.py):
+1. A message whose In-Reply-To or References names any message of a ticket (an inbound one or
+   one of our acknowledgements) joins that ticket, whoever sent it: a colleague in Cc who
+   answers the thread belongs to it.
+2. Otherwise a ticket reference in the subject (``[TKT-000042]``) joins that ticket only when
+   the sender already took part in it (the requester, or the sender of one of its messages).
+   A bare subject reference from a stranger opens a new ticket instead, so that guessing a
+   reference cannot put mail into somebody else's ticket.
+3. Otherwise the message opens a new ticket.
+Automatic mail (see loops.py) never opens a ticket: it joins a matching ticket as a note that
+triggers nothing, or it is discarded with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from .acknowledgement import AckKind, reply_recipient
+from .deadlines import ServicePolicy, due_at
+from .loops import LoopVerdict
+from .model import Address, Outcome, ParsedMail, Priority, RequestType
+from .urgency import UrgencyRule
+
+MessageKind = Literal["request", "followup", "note"]
+MatchedBy = Literal["in-reply-to", "references", "subject-reference", "delivery-report"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a raw message came from: an IMAP folder position, or a pipe/file delivery."""
+
+    kind: Literal["imap", "ingest", "quarantine"]
+    folder: str = ""
+    uidvalidity: int | None = None
+    uid: int | None = None
+
+    def label(self) -> str:
+        if self.kind == "imap":
+            return f"imap:{self.folder}:{self.uidvalidity}:{self.uid}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class ThreadCandidate:
+    """An existing ticket that a message may belong to, and how it was found."""
+
+    ticket_id: int
+    reference: str
+    priority: Priority
+    request_type: RequestType
+    requester: str
+    participants: frozenset[str]
+    matched_by: MatchedBy
+
+
+@dataclass(frozen=True)
+class Classification:
+    priority: Priority
+    request_type: RequestType
+    urgency_marker: str | None
+
+
+@dataclass(frozen=True)
+class NewTicket:
+    subject: str
+    requester: Address
+    priority: Priority
+    request_type: RequestType
+    urgency_marker: str | None
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A follow-up raised its ticket to priority 1; the deadline counts from its arrival."""
+
+    urgency_marker: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything to write for one message, applied by the store in one transaction."""
+
+    outcome: Outcome
+    reason: str
+    dedupe_key: str
+    mail: ParsedMail
+    received_at: datetime
+    source: Source
+    new_ticket: NewTicket | None = None
+    join_ticket: ThreadCandidate | None = None
+    escalation: Escalation | None = None
+    message_kind: MessageKind | None = None
+    ack: AckKind | None = None
+    ack_recipient: Address | None = None
+
+
+def dedupe_key(mail: ParsedMail) -> str:
+    """The key under which a message is remembered: its Message-ID, else a digest of its content
+    (not its UID, so that the same message fetched again from another place is still known)."""
+    if mail.message_id:
+        key = f"mid:{mail.message_id}"
+        if len(key) <= 900:
+            return key
+        return "mid-sha256:" + hashlib.sha256(mail.message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"digest:{mail.content_digest}"
+
+
+def classify(mail: ParsedMail, urgency: UrgencyRule) -> Classification:
+    """A subject marker makes priority 1; anything else is a standard request until triage."""
+    marker = urgency.find(mail.subject)
+    if marker is not None:
+        return Classification(Priority.URGENT, RequestType.URGENT, marker)
+    return Classification(Priority.NORMAL, RequestType.STANDARD, None)
+
+
+def requester_of(mail: ParsedMail) -> Address | None:
+    """Who asked: the From mailbox, else Sender, else the envelope sender; None if nobody."""
+    if mail.from_address and "@" in mail.from_address.address:
+        return mail.from_address
+    if mail.sender and "@" in mail.sender.address:
+        return mail.sender
+    if mail.return_path and "@" in mail.return_path:
+        return Address("", mail.return_path)
+    return None
+
+
+def decide(
+    mail: ParsedMail,
+    *,
+    source: Source,
+    received_at: datetime,
+    candidate: ThreadCandidate | None,
+    verdict: LoopVerdict,
+    urgency: UrgencyRule,
+    policy: ServicePolicy,
+    acknowledge_followups: bool,
+) -> Plan:
+    """The plan for one message that is not a duplicate."""
+    key = dedupe_key(mail)
+    base = dict(dedupe_key=key, mail=mail, received_at=received_at, source=source)
+    requester = requester_of(mail)
+    joins = candidate is not None and _may_join(candidate, requester)
+
+    if verdict.automatic:
+        if candidate is not None and candidate.matched_by != "subject-reference":
+            return Plan(Outcome.THREADED, f"automatic mail kept as a note: {verdict.reason}",
+                        join_ticket=candidate, message_kind="note", **base)
+        return Plan(Outcome.DISCARDED, f"automatic mail: {verdict.reason}", **base)
+
+    if requester is None:
+        return Plan(Outcome.QUARANTINED, "no sender address in From, Sender or Return-Path", **base)
+
+    recipient = reply_recipient(mail) or requester
+    ack_blocked = verdict.reason if verdict.no_ack else ""
+    if "@" not in recipient.address:
+        ack_blocked = ack_blocked or "no address to answer"
+
+    if joins and candidate is not None:
+        marker = urgency.find(mail.subject)
+        if marker is not None and candidate.priority != Priority.URGENT:
+            escalation = Escalation(marker, due_at(received_at, policy.target_for(Priority.URGENT, RequestType.URGENT),
+                                                   policy.calendar))
+            ack: AckKind | None = None if ack_blocked else "escalated"
+            return Plan(Outcome.THREADED, _reason(f"escalated to priority 1 by marker {marker!r}", ack_blocked),
+                        join_ticket=candidate, escalation=escalation, message_kind="followup",
+                        ack=ack, ack_recipient=recipient if ack else None, **base)
+        ack = "standard" if acknowledge_followups and not ack_blocked else None
+        return Plan(Outcome.THREADED, _reason("", ack_blocked), join_ticket=candidate, message_kind="followup",
+                    ack=ack, ack_recipient=recipient if ack else None, **base)
+
+    found = classify(mail, urgency)
+    deadline = due_at(received_at, policy.target_for(found.priority, found.request_type), policy.calendar)
+    ticket = NewTicket(mail.subject, requester, found.priority, found.request_type, found.urgency_marker, deadline)
+    ack = None if ack_blocked else ("urgent" if found.priority == Priority.URGENT else "standard")
+    return Plan(Outcome.CREATED, _reason("", ack_blocked), new_ticket=ticket, message_kind="request",
+                ack=ack, ack_recipient=recipient if ack else None, **base)
+
+
+def _may_join(candidate: ThreadCandidate, requester: Address | None) -> bool:
+    if candidate.matched_by != "subject-reference":
+        return True
+    return requester is not None and requester.address.lower() in candidate.participants
+
+
+def _reason(main: str, ack_blocked: str) -> str:
+    parts = [p for p in (main, f"no acknowledgement: {ack_blocked}" if ack_blocked else "") if p]
+    return "; ".join(parts)

@@ -1,0 +1,229 @@
+"""The support mailbox over IMAP: lists new mail, fetches it unread, marks or moves it when done."""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+from imapclient.imapclient import SocketTimeout
+
+from .clock import as_utc
+from .config import ImapSettings
+from .errors import ImapError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# imapclient logs the whole protocol, bodies included, at DEBUG: never let that reach a log file.
+logging.getLogger("imapclient").setLevel(logging.INFO)
+
+# Errors that mean "this connection is no good": reconnect and try again later.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    socket.timeout,
+    ssl.SSLError,
+    imaplib.IMAP4.abort,
+    imaplib.IMAP4.error,
+    IMAPClientError,
+    EOFError,
+)
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """One message as the server holds it. ``raw`` is None when it is over the size limit."""
+
+    uid: int
+    size: int
+    internal_date: datetime | None
+    raw: bytes | None
+
+
+def tls_context(verify: bool, ca_file: str) -> ssl.SSLContext:
+    """Certificate and host name checks on unless the config turns them off, with an extra CA."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class ImapInbox:
+    """One logged-in connection to one folder. Not thread-safe: one thread owns an instance."""
+
+    def __init__(
+        self,
+        settings: ImapSettings,
+        password: str,
+        client_factory: Callable[[], IMAPClient] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._password = password
+        self._client_factory = client_factory or self._new_client
+        self._client: IMAPClient | None = None
+        self.uidvalidity: int = 0
+
+    @property
+    def folder(self) -> str:
+        return self.settings.folder
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def _new_client(self) -> IMAPClient:
+        s = self.settings
+        timeout = SocketTimeout(connect=s.connect_timeout_seconds, read=s.read_timeout_seconds)
+        context = tls_context(s.verify_certificate, s.ca_file)
+        client = IMAPClient(s.host, port=s.port, ssl=s.tls == "ssl", ssl_context=context, timeout=timeout)
+        if s.tls == "starttls":
+            # Fails loudly when the server offers no STARTTLS: never fall back to plain text.
+            client.starttls(context)
+        return client
+
+    def connect(self) -> None:
+        """Connect, log in and select the folder; raises ImapError naming what failed."""
+        self.close()
+        try:
+            client = self._client_factory()
+        except CONNECTION_ERRORS as exc:
+            raise ImapError(f"cannot connect to {self.settings.host}:{self.settings.port}: {_describe(exc)}") from exc
+        try:
+            client.normalise_times = False  # aware datetimes, not the machine's local time
+            client.login(self.settings.username, self._password)
+            status = client.select_folder(self.settings.folder)
+            validity = status.get(b"UIDVALIDITY")
+            if validity is None:
+                validity = client.folder_status(self.settings.folder, ["UIDVALIDITY"])[b"UIDVALIDITY"]
+            self.uidvalidity = int(validity)
+        except CONNECTION_ERRORS as exc:
+            _shutdown(client)
+            raise ImapError(f"IMAP login or select of {self.settings.folder!r} failed: {_describe(exc)}") from exc
+        self._client = client
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:  # a dead connection cannot log out politely; drop it
+            _shutdown(client)
+
+    def _require(self) -> IMAPClient:
+        if self._client is None:
+            raise ImapError("not connected")
+        return self._client
+
+    def _run(self, what: str, action: Callable[[IMAPClient], T]) -> T:
+        client = self._require()
+        try:
+            return action(client)
+        except CONNECTION_ERRORS as exc:
+            self._client = None
+            _shutdown(client)
+            raise ImapError(f"IMAP {what} failed: {_describe(exc)}") from exc
+
+    def new_uids(self, after_uid: int | None) -> list[int]:
+        """UIDs to process, oldest first: above the last one processed, or (first run) every
+        message not yet seen (seen mode) or every message in the folder (move mode)."""
+
+        def search(client: IMAPClient) -> list[int]:
+            client.noop()  # lets the server report mail that arrived since the last command
+            if after_uid is not None:
+                # "N:*" always includes the highest UID even when it is below N, so filter.
+                found = client.search(["UID", f"{after_uid + 1}:*", "NOT", "DELETED"])
+                return sorted(u for u in found if u > after_uid)
+            if self.settings.processed_action == "seen":
+                return sorted(client.search(["UNSEEN", "NOT", "DELETED"]))
+            return sorted(client.search(["NOT", "DELETED"]))
+
+        return self._run("search", search)
+
+    def fetch(self, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
+        """Sizes and arrival times first; then the bodies of those under the limit, unread."""
+        if not uids:
+            return []
+        meta = self._run("fetch", lambda c: c.fetch(list(uids), ["RFC822.SIZE", "INTERNALDATE"]))
+        wanted = [u for u in uids if u in meta and int(meta[u].get(b"RFC822.SIZE", 0)) <= max_bytes]
+        bodies = self._run("fetch", lambda c: c.fetch(wanted, ["BODY.PEEK[]"])) if wanted else {}
+        result = []
+        for uid in uids:
+            info = meta.get(uid)
+            if info is None:
+                continue  # expunged meanwhile, or the server left it out: the next cycle sees
+            size = int(info.get(b"RFC822.SIZE", 0))
+            internal = info.get(b"INTERNALDATE")
+            arrived = as_utc(internal) if isinstance(internal, datetime) else None
+            if size > max_bytes:
+                result.append(FetchedMessage(uid, size, arrived, None))
+                continue
+            body = bodies.get(uid, {}).get(b"BODY[]")
+            if body is None:
+                continue
+            result.append(FetchedMessage(uid, size, arrived, bytes(body)))
+        return result
+
+    def mark_processed(self, uids: Sequence[int]) -> None:
+        if not uids:
+            return
+        if self.settings.processed_action == "move":
+            self.move(uids, self.settings.processed_folder)
+        else:
+            self._run("store", lambda c: c.add_flags(list(uids), [b"\\Seen"], silent=True))
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """Move messages to a folder, creating it if needed; copy and expunge where MOVE is missing."""
+        if not uids:
+            return
+
+        def do_move(client: IMAPClient) -> None:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+            if client.has_capability("MOVE"):
+                client.move(list(uids), folder)
+                return
+            client.copy(list(uids), folder)
+            client.add_flags(list(uids), [b"\\Deleted"], silent=True)
+            if client.has_capability("UIDPLUS"):
+                client.uid_expunge(list(uids))
+            else:
+                client.expunge()
+
+        self._run("move", do_move)
+
+    def append(self, folder: str, raw: bytes, when: datetime | None = None) -> None:
+        """Put a message back into a folder (quarantine retry of a message kept only on the server)."""
+        self._run("append", lambda c: c.append(folder, raw, msg_time=when))
+
+    def check(self) -> str:
+        """A short description of the connected folder, for check-config."""
+        client = self._require()
+        status = self._run("status", lambda c: c.folder_status(self.settings.folder, ["MESSAGES", "UNSEEN"]))
+        idle = "IDLE" if client.has_capability("IDLE") else "no IDLE"
+        return (
+            f"folder {self.settings.folder!r}: {status[b'MESSAGES']} messages, {status[b'UNSEEN']} unseen; "
+            f"UIDVALIDITY {self.uidvalidity}; {idle}"
+        )
+
+
+def _shutdown(client: IMAPClient) -> None:
+    try:
+        client.shutdown()
+    except Exception:  # already closed
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    if isinstance(exc, bytes):  # pragma: no cover - imaplib sometimes raises with bytes args
+        text = exc.decode("utf-8", "replace")
+    return f"{exc.__class__.__name__}: {text}"[:300]

@@ -1,0 +1,182 @@
+"""Runs one raw message through parse, dedupe, loop check, threading and the decision, then stores it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from .acknowledgement import OutgoingMail, TicketFacts, build_acknowledgement, load_templates, new_message_id
+from .clock import Clock, as_utc
+from .config import Settings
+from .decisions import Plan, Source, decide, dedupe_key
+from .deadlines import policy_from_settings
+from .errors import ParseError, TransientError
+from .loops import judge
+from .model import Outcome, ParsedMail, ProcessResult
+from .parsing import parse_mail
+from .store import DuplicateMessage, Store
+from .urgency import UrgencyRule
+
+log = logging.getLogger(__name__)
+
+
+class StorageUnavailable(TransientError):
+    """The database cannot be reached; the message stays where it is and is tried again."""
+
+
+class Processor:
+    """Turns raw messages into outcomes. Every message ends in exactly one Outcome; the only
+    exception that escapes is StorageUnavailable, which means "nothing was written, retry"."""
+
+    def __init__(self, store: Store, settings: Settings, clock: Clock) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.urgency = UrgencyRule(settings.urgency.markers, settings.urgency.negations)
+        self.policy = policy_from_settings(settings)
+        self.templates = load_templates()
+        self.own_addresses = {settings.support.address, settings.smtp.from_address}
+        if settings.smtp.envelope_sender:
+            self.own_addresses.add(settings.smtp.envelope_sender)
+        self._message_id_domain = settings.smtp.from_address.rpartition("@")[2]
+
+    def process(self, raw: bytes, source: Source, received_at: datetime | None = None) -> ProcessResult:
+        now = self.clock.now()
+        arrival = as_utc(received_at) if received_at is not None else now
+        size = len(raw)
+        if size > self.settings.imap.max_message_bytes:
+            return self.quarantine_oversized(source, size, arrival)
+        try:
+            mail = parse_mail(raw)
+        except ParseError as exc:
+            return self._quarantine(source, f"cannot parse: {exc}", raw, arrival, None)
+        try:
+            result = self._process_parsed(mail, raw, source, arrival, now)
+        except (OperationalError, DBAPIError) as exc:
+            if _is_connection_problem(exc):
+                raise StorageUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+            log.exception("database refused message-id=%s source=%s", mail.message_id, source.label())
+            return self._quarantine(source, f"database error: {_short(exc)}", raw, arrival, mail)
+        except SQLAlchemyError as exc:
+            log.exception("database error on message-id=%s source=%s", mail.message_id, source.label())
+            return self._quarantine(source, f"database error: {_short(exc)}", raw, arrival, mail)
+        except Exception as exc:  # a bug must park the message, never stop the poller
+            log.exception("internal error on message-id=%s source=%s", mail.message_id, source.label())
+            return self._quarantine(source, f"internal error: {_short(exc)}", raw, arrival, mail)
+        _log_result(result, source)
+        return result
+
+    def _process_parsed(
+        self, mail: ParsedMail, raw: bytes, source: Source, arrival: datetime, now: datetime
+    ) -> ProcessResult:
+        key = dedupe_key(mail)
+        if self.store.is_processed(key):
+            return _duplicate(mail, key)
+        plan = decide(
+            mail,
+            source=source,
+            received_at=arrival,
+            candidate=self.store.find_thread(mail),
+            verdict=judge(mail, self.own_addresses),
+            urgency=self.urgency,
+            policy=self.policy,
+            acknowledge_followups=self.settings.acknowledgement.acknowledge_followups,
+        )
+        if plan.outcome == Outcome.QUARANTINED:
+            return self._quarantine(source, plan.reason, raw, arrival, mail)
+        try:
+            return self.store.apply(plan, raw, now, self._build_ack)
+        except DuplicateMessage:
+            return _duplicate(mail, key)
+
+    def _build_ack(self, plan: Plan, facts: TicketFacts) -> OutgoingMail:
+        assert plan.ack is not None and plan.ack_recipient is not None
+        return build_acknowledgement(
+            plan.ack,
+            facts,
+            plan.mail,
+            plan.ack_recipient,
+            self.settings,
+            self.templates,
+            new_message_id(self._message_id_domain),
+            self.clock.now(),
+        )
+
+    def quarantine_oversized(self, source: Source, size: int, received_at: datetime | None) -> ProcessResult:
+        limit = self.settings.imap.max_message_bytes
+        reason = f"message of {size} bytes is over imap.max_message_bytes ({limit})"
+        return self._quarantine(source, reason, None, received_at or self.clock.now(), None, size=size)
+
+    def _quarantine(
+        self,
+        source: Source,
+        reason: str,
+        raw: bytes | None,
+        received_at: datetime,
+        mail: ParsedMail | None,
+        size: int | None = None,
+    ) -> ProcessResult:
+        try:
+            self.store.quarantine(
+                source=source,
+                reason=reason,
+                raw=raw,
+                size=size if size is not None else len(raw or b""),
+                received_at=received_at,
+                now=self.clock.now(),
+                mail=mail,
+            )
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(f"cannot record quarantine: {exc.__class__.__name__}") from exc
+        result = ProcessResult(
+            outcome=Outcome.QUARANTINED,
+            reason=reason,
+            subject=mail.subject if mail else "",
+            from_address=mail.from_address.address if mail and mail.from_address else "",
+            message_id=mail.message_id if mail else None,
+        )
+        _log_result(result, source)
+        return result
+
+
+def _duplicate(mail: ParsedMail, key: str) -> ProcessResult:
+    return ProcessResult(
+        outcome=Outcome.DUPLICATE,
+        reason=f"already processed ({key.split(':', 1)[0]} match)",
+        subject=mail.subject,
+        from_address=mail.from_address.address if mail.from_address else "",
+        message_id=mail.message_id,
+    )
+
+
+def _log_result(result: ProcessResult, source: Source) -> None:
+    level = logging.WARNING if result.outcome == Outcome.QUARANTINED else logging.INFO
+    log.log(
+        level,
+        "%s message-id=<%s> source=%s ticket=%s priority=%s ack=%s%s",
+        result.outcome.value,
+        result.message_id or "",
+        source.label(),
+        result.ticket or "-",
+        result.priority or "-",
+        "queued" if result.ack else "no",
+        f" reason={result.reason}" if result.reason else "",
+    )
+
+
+def _is_connection_problem(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    text = str(exc.orig).lower() if exc.orig is not None else ""
+    return any(
+        s in text
+        for s in ("could not connect", "connection refused", "server closed", "terminating connection",
+                  "database is locked", "unable to open database", "disk i/o error", "connection timeout")
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")
+    return text[:500]

@@ -1,0 +1,520 @@
+"""The database: applies each message's plan in one transaction and answers the questions asked of it."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from .acknowledgement import OutgoingMail, TicketFacts
+from .decisions import Plan, Source, ThreadCandidate
+from .model import Attachment, Outcome, ParsedMail, Priority, ProcessResult, RequestType
+from .subjects import find_reference, format_reference
+from .tables import (
+    AttachmentRow,
+    LedgerRow,
+    MailboxStateRow,
+    MessageRow,
+    OutboxRow,
+    QuarantineRow,
+    TicketRow,
+)
+
+log = logging.getLogger(__name__)
+
+AckFactory = Callable[[Plan, TicketFacts], OutgoingMail]
+
+# A waiting writer retries for this long before SQLite gives up with "database is locked".
+_SQLITE_BUSY_TIMEOUT_MS = 15_000
+_THREAD_LOOKUP_LIMIT = 50
+
+
+class DuplicateMessage(Exception):
+    """Another transaction recorded the same message first (two pollers, one message)."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    ticket_id: int | None
+    kind: str
+    message_id: str
+    recipient: str
+    envelope_sender: str
+    subject: str
+    data: bytes
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    give_up_at: datetime
+    last_error: str
+    created_at: datetime
+    sent_at: datetime | None
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings each backend needs to be safe under a long-running daemon."""
+    if url.startswith("sqlite"):
+        in_memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000},
+            poolclass=StaticPool if in_memory else None,
+        )
+        _configure_sqlite(engine, wal=not in_memory)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _configure_sqlite(engine: Engine, wal: bool) -> None:
+    # pysqlite's own transaction handling starts transactions late (and not at all for reads),
+    # so a reader that later writes fails at once with "database is locked" instead of waiting.
+    # Take the transaction handling over and begin every transaction IMMEDIATE.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if wal:
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("SQLite refused WAL journal mode (kept %s); concurrent readers will wait", mode)
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """All reads and writes of tickets, the dedupe ledger, the outbox and the quarantine."""
+
+    def __init__(self, engine: Engine, reference_prefix: str, give_up_after: timedelta = timedelta(hours=48)) -> None:
+        self.engine = engine
+        self.reference_prefix = reference_prefix
+        # How long a queued message may keep failing temporarily before it is marked failed.
+        self.give_up_after = give_up_after
+
+    @classmethod
+    def from_url(cls, url: str, reference_prefix: str, give_up_after: timedelta = timedelta(hours=48)) -> Store:
+        return cls(make_engine(url), reference_prefix, give_up_after)
+
+    def create_schema(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    # --- processing --------------------------------------------------------------------------
+
+    def is_processed(self, dedupe_key: str) -> bool:
+        with self.transaction() as s:
+            return s.exec(select(LedgerRow.id).where(LedgerRow.dedupe_key == dedupe_key)).first() is not None
+
+    def find_thread(self, mail: ParsedMail) -> ThreadCandidate | None:
+        """The ticket a message refers to, by its headers first and its subject second."""
+        with self.transaction() as s:
+            by_header: list[tuple[str, tuple[str, ...]]] = [
+                ("in-reply-to", mail.in_reply_to),
+                ("references", tuple(reversed(mail.references))),
+            ]
+            if mail.is_delivery_report:
+                by_header.append(("delivery-report", mail.reported_message_ids))
+            for matched_by, ids in by_header:
+                wanted = [i for i in ids if i != mail.message_id][:_THREAD_LOOKUP_LIMIT]
+                if not wanted:
+                    continue
+                ticket_id = s.exec(
+                    select(MessageRow.ticket_id).where(MessageRow.message_id.in_(wanted))  # type: ignore[union-attr]
+                ).first()
+                if ticket_id is None:
+                    ticket_id = s.exec(
+                        select(OutboxRow.ticket_id).where(OutboxRow.message_id.in_(wanted))  # type: ignore[attr-defined]
+                    ).first()
+                if ticket_id is not None:
+                    return self._candidate(s, ticket_id, matched_by)  # type: ignore[arg-type]
+            reference = find_reference(mail.subject, self.reference_prefix)
+            if reference is not None:
+                ticket = s.exec(select(TicketRow).where(TicketRow.reference == reference)).first()
+                if ticket is not None and ticket.id is not None:
+                    return self._candidate(s, ticket.id, "subject-reference")
+        return None
+
+    def _candidate(self, s: Session, ticket_id: int, matched_by: Any) -> ThreadCandidate:
+        ticket = s.get_one(TicketRow, ticket_id)
+        senders = s.exec(
+            select(MessageRow.from_address).where(MessageRow.ticket_id == ticket_id, MessageRow.direction == "inbound")
+        ).all()
+        participants = frozenset(a.lower() for a in (*senders, ticket.requester) if a)
+        return ThreadCandidate(
+            ticket_id=ticket_id,
+            reference=ticket.reference,
+            priority=Priority(ticket.priority),
+            request_type=RequestType(ticket.request_type),
+            requester=ticket.requester,
+            participants=participants,
+            matched_by=matched_by,
+        )
+
+    def apply(self, plan: Plan, raw: bytes, now: datetime, ack_factory: AckFactory) -> ProcessResult:
+        """Write the plan: ticket, message, ledger row and queued acknowledgement, all or nothing.
+
+        Raises DuplicateMessage when another transaction recorded the same message first.
+        """
+        try:
+            with self.transaction() as s:
+                return self._apply(s, plan, raw, now, ack_factory)
+        except IntegrityError as exc:
+            if self._ledger_conflict(plan.dedupe_key):
+                raise DuplicateMessage(plan.dedupe_key) from exc
+            raise
+
+    def _ledger_conflict(self, key: str) -> bool:
+        try:
+            return self.is_processed(key)
+        except Exception:  # the database may be what failed; let the original error speak
+            return False
+
+    def _apply(self, s: Session, plan: Plan, raw: bytes, now: datetime, ack_factory: AckFactory) -> ProcessResult:
+        mail = plan.mail
+        ticket: TicketRow | None = None
+        if plan.new_ticket is not None:
+            nt = plan.new_ticket
+            ticket = TicketRow(
+                # A unique placeholder until the row has the id the reference is made from.
+                reference=f"new-{uuid.uuid4().hex}",
+                subject=nt.subject,
+                requester=nt.requester.address,
+                requester_name=nt.requester.name,
+                priority=int(nt.priority),
+                request_type=nt.request_type.value,
+                urgency_marker=nt.urgency_marker,
+                received_at=plan.received_at,
+                due_at=nt.due_at,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(ticket)
+            s.flush()
+            assert ticket.id is not None
+            ticket.reference = format_reference(self.reference_prefix, ticket.id)
+        elif plan.join_ticket is not None:
+            ticket = s.get_one(TicketRow, plan.join_ticket.ticket_id)
+            ticket.updated_at = now
+            if plan.escalation is not None:
+                ticket.priority = int(Priority.URGENT)
+                ticket.request_type = RequestType.URGENT.value
+                ticket.urgency_marker = plan.escalation.urgency_marker
+                ticket.due_at = plan.escalation.due_at
+            s.add(ticket)
+
+        if ticket is not None and plan.message_kind is not None:
+            assert ticket.id is not None
+            self._add_message(s, ticket.id, plan, raw)
+
+        ack_sent = False
+        if ticket is not None and plan.ack is not None and plan.ack_recipient is not None:
+            facts = TicketFacts(
+                reference=ticket.reference,
+                subject=ticket.subject,
+                priority=Priority(ticket.priority),
+                request_type=RequestType(ticket.request_type),
+                due_at=ticket.due_at,
+            )
+            outgoing = ack_factory(plan, facts)
+            self._queue(s, ticket.id, plan.ack, outgoing, now)
+            ack_sent = True
+
+        s.add(
+            LedgerRow(
+                dedupe_key=plan.dedupe_key,
+                message_id=mail.message_id,
+                outcome=plan.outcome.value,
+                reason=plan.reason,
+                ticket_id=ticket.id if ticket is not None else None,
+                source=plan.source.label(),
+                processed_at=now,
+            )
+        )
+        s.flush()
+        return ProcessResult(
+            outcome=plan.outcome,
+            reason=plan.reason,
+            ticket=ticket.reference if ticket is not None else None,
+            priority=ticket.priority if ticket is not None else None,
+            request_type=ticket.request_type if ticket is not None else None,
+            subject=mail.subject,
+            from_address=mail.from_address.address if mail.from_address else "",
+            due_at=ticket.due_at if ticket is not None else None,
+            ack=ack_sent,
+            message_id=mail.message_id,
+        )
+
+    def _add_message(self, s: Session, ticket_id: int, plan: Plan, raw: bytes) -> None:
+        mail = plan.mail
+        row = MessageRow(
+            ticket_id=ticket_id,
+            direction="inbound",
+            kind=plan.message_kind or "request",
+            message_id=mail.message_id,
+            subject=mail.subject,
+            from_address=mail.from_address.address if mail.from_address else "",
+            received_at=plan.received_at,
+            body_text=mail.body_text,
+            body_html=mail.body_html,
+            raw=raw,
+            source=plan.source.label(),
+        )
+        s.add(row)
+        s.flush()
+        assert row.id is not None
+        for attachment in mail.attachments:
+            s.add(_attachment_row(row.id, attachment))
+
+    def _queue(self, s: Session, ticket_id: int | None, kind: str, outgoing: OutgoingMail, now: datetime) -> None:
+        s.add(
+            OutboxRow(
+                ticket_id=ticket_id,
+                kind=kind,
+                message_id=outgoing.message_id,
+                recipient=outgoing.recipient,
+                envelope_sender=outgoing.envelope_sender,
+                subject=outgoing.subject,
+                data=outgoing.data,
+                status="pending",
+                next_attempt_at=now,
+                give_up_at=now + self.give_up_after,
+                created_at=now,
+            )
+        )
+
+    # --- quarantine --------------------------------------------------------------------------
+
+    def quarantine(
+        self,
+        *,
+        source: Source,
+        reason: str,
+        raw: bytes | None,
+        size: int,
+        received_at: datetime,
+        now: datetime,
+        mail: ParsedMail | None = None,
+    ) -> int:
+        with self.transaction() as s:
+            row = QuarantineRow(
+                source=source.label(),
+                folder=source.folder,
+                uidvalidity=source.uidvalidity,
+                uid=source.uid,
+                message_id=mail.message_id if mail else None,
+                subject=mail.subject if mail else "",
+                from_address=mail.from_address.address if mail and mail.from_address else "",
+                reason=reason,
+                size=size,
+                raw=raw,
+                received_at=received_at,
+                created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            assert row.id is not None
+            return row.id
+
+    def held_quarantine(self) -> list[QuarantineRow]:
+        with self.transaction() as s:
+            return list(s.exec(select(QuarantineRow).where(QuarantineRow.status == "held").order_by(QuarantineRow.id)))
+
+    def release_quarantine(self, row_id: int, now: datetime) -> None:
+        with self.transaction() as s:
+            row = s.get_one(QuarantineRow, row_id)
+            row.status = "released"
+            row.released_at = now
+            s.add(row)
+
+    # --- mailbox position --------------------------------------------------------------------
+
+    def last_uid(self, folder: str, uidvalidity: int) -> int | None:
+        with self.transaction() as s:
+            row = s.exec(
+                select(MailboxStateRow).where(MailboxStateRow.folder == folder, MailboxStateRow.uidvalidity == uidvalidity)
+            ).first()
+            return row.last_uid if row else None
+
+    def set_last_uid(self, folder: str, uidvalidity: int, uid: int) -> None:
+        with self.transaction() as s:
+            row = s.exec(
+                select(MailboxStateRow).where(MailboxStateRow.folder == folder, MailboxStateRow.uidvalidity == uidvalidity)
+            ).first()
+            if row is None:
+                row = MailboxStateRow(folder=folder, uidvalidity=uidvalidity, last_uid=uid)
+            else:
+                row.last_uid = max(row.last_uid, uid)
+            s.add(row)
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxItem]:
+        with self.transaction() as s:
+            rows = s.exec(
+                select(OutboxRow)
+                .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
+                .order_by(OutboxRow.next_attempt_at, OutboxRow.id)  # type: ignore[arg-type]
+                .limit(limit)
+            ).all()
+            return [_outbox_item(r) for r in rows]
+
+    def outbox_items(self, statuses: Sequence[str] = ("pending", "failed")) -> list[OutboxItem]:
+        with self.transaction() as s:
+            rows = s.exec(
+                select(OutboxRow).where(OutboxRow.status.in_(statuses)).order_by(OutboxRow.id)  # type: ignore[attr-defined]
+            ).all()
+            return [_outbox_item(r) for r in rows]
+
+    def mark_sent(self, item_id: int, now: datetime) -> None:
+        with self.transaction() as s:
+            row = s.get_one(OutboxRow, item_id)
+            row.status = "sent"
+            row.sent_at = now
+            row.attempts += 1
+            row.last_error = ""
+            s.add(row)
+            if row.ticket_id is not None:
+                s.add(
+                    MessageRow(
+                        ticket_id=row.ticket_id,
+                        direction="outbound",
+                        kind="acknowledgement",
+                        message_id=row.message_id,
+                        subject=row.subject,
+                        from_address="",
+                        received_at=now,
+                        body_text="",
+                        source="outbox",
+                    )
+                )
+
+    def mark_retry(self, item_id: int, error: str, next_attempt_at: datetime) -> None:
+        with self.transaction() as s:
+            row = s.get_one(OutboxRow, item_id)
+            row.attempts += 1
+            row.last_error = error[:2000]
+            row.next_attempt_at = next_attempt_at
+            s.add(row)
+
+    def mark_failed(self, item_id: int, error: str) -> None:
+        with self.transaction() as s:
+            row = s.get_one(OutboxRow, item_id)
+            row.attempts += 1
+            row.status = "failed"
+            row.last_error = error[:2000]
+            s.add(row)
+
+    def requeue_outbox(self, item_id: int, now: datetime) -> bool:
+        with self.transaction() as s:
+            row = s.get(OutboxRow, item_id)
+            if row is None or row.status != "failed":
+                return False
+            row.status = "pending"
+            row.next_attempt_at = now
+            row.give_up_at = now + self.give_up_after
+            s.add(row)
+            return True
+
+    # --- reading tickets ---------------------------------------------------------------------
+
+    def tickets(self, limit: int = 1000) -> list[TicketRow]:
+        with self.transaction() as s:
+            return list(s.exec(select(TicketRow).order_by(TicketRow.id).limit(limit)))  # type: ignore[arg-type]
+
+    def ticket(self, reference: str) -> TicketRow | None:
+        canonical = find_reference(reference, self.reference_prefix) or reference
+        with self.transaction() as s:
+            return s.exec(select(TicketRow).where(TicketRow.reference == canonical)).first()
+
+    def ticket_messages(self, ticket_id: int) -> list[tuple[MessageRow, list[AttachmentRow]]]:
+        with self.transaction() as s:
+            messages = s.exec(
+                select(MessageRow).where(MessageRow.ticket_id == ticket_id).order_by(MessageRow.id)  # type: ignore[arg-type]
+            ).all()
+            result = []
+            for m in messages:
+                files = s.exec(
+                    select(AttachmentRow).where(AttachmentRow.message_row_id == m.id).order_by(AttachmentRow.id)  # type: ignore[arg-type]
+                ).all()
+                result.append((m, list(files)))
+            return result
+
+    def counts(self) -> dict[str, int]:
+        with self.transaction() as s:
+            return {
+                "tickets": s.exec(select(func.count()).select_from(TicketRow)).one(),
+                "processed": s.exec(select(func.count()).select_from(LedgerRow)).one(),
+                "outbox_pending": s.exec(
+                    select(func.count()).select_from(OutboxRow).where(OutboxRow.status == "pending")
+                ).one(),
+                "outbox_failed": s.exec(
+                    select(func.count()).select_from(OutboxRow).where(OutboxRow.status == "failed")
+                ).one(),
+                "quarantined": s.exec(
+                    select(func.count()).select_from(QuarantineRow).where(QuarantineRow.status == "held")
+                ).one(),
+            }
+
+    def ledger(self) -> list[LedgerRow]:
+        with self.transaction() as s:
+            return list(s.exec(select(LedgerRow).order_by(LedgerRow.id)))  # type: ignore[arg-type]
+
+
+def _attachment_row(message_row_id: int, attachment: Attachment) -> AttachmentRow:
+    return AttachmentRow(
+        message_row_id=message_row_id,
+        filename=attachment.filename,
+        content_type=attachment.content_type,
+        size=attachment.size,
+        data=attachment.data,
+    )
+
+
+def _outbox_item(row: OutboxRow) -> OutboxItem:
+    assert row.id is not None
+    return OutboxItem(
+        id=row.id,
+        ticket_id=row.ticket_id,
+        kind=row.kind,
+        message_id=row.message_id,
+        recipient=row.recipient,
+        envelope_sender=row.envelope_sender,
+        subject=row.subject,
+        data=row.data,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        give_up_at=row.give_up_at,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+    )
+
+
+def ledger_outcomes(store: Store) -> dict[str, Outcome]:
+    """Every processed dedupe key and its outcome; for tests and diagnostics."""
+    return {row.dedupe_key: Outcome(row.outcome) for row in store.ledger()}

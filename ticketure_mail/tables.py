@@ -1,0 +1,159 @@
+"""The database tables, as SQLModel classes; times are stored as UTC on every backend."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Dialect, LargeBinary, Text, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from .clock import as_utc
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out. SQLite keeps no zone, so it gets naive UTC; PostgreSQL gets
+    an aware value for its timestamptz (a naive one would be read in the session's zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+def _time(nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=Column(UtcDateTime(), nullable=nullable, index=index))
+
+
+def _text(nullable: bool = False) -> Any:
+    return Field(sa_column=Column(Text, nullable=nullable), default=None if nullable else "")
+
+
+def _blob(nullable: bool = True) -> Any:
+    return Field(sa_column=Column(LargeBinary, nullable=nullable), default=None)
+
+
+class TicketRow(SQLModel, table=True):
+    __tablename__ = "ticket"
+
+    id: int | None = Field(default=None, primary_key=True)
+    reference: str = Field(max_length=40, unique=True, index=True)
+    subject: str = _text()
+    requester: str = Field(max_length=320, index=True)
+    requester_name: str = _text()
+    priority: int
+    request_type: str = Field(max_length=40)
+    status: str = Field(default="open", max_length=20, index=True)
+    urgency_marker: str | None = Field(default=None, max_length=100)
+    received_at: datetime = _time()
+    due_at: datetime = _time(index=True)
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+
+
+class MessageRow(SQLModel, table=True):
+    """One mail in a ticket's history: the request, a follow-up, an automatic note, or ours."""
+
+    __tablename__ = "ticket_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    direction: str = Field(max_length=10)  # inbound | outbound
+    kind: str = Field(max_length=20)  # request | followup | note | acknowledgement
+    message_id: str | None = Field(default=None, max_length=998, index=True)
+    subject: str = _text()
+    from_address: str = Field(default="", max_length=320)
+    received_at: datetime = _time()
+    body_text: str = _text()
+    body_html: str | None = _text(nullable=True)
+    raw: bytes | None = _blob()
+    source: str = Field(default="", max_length=400)
+
+
+class AttachmentRow(SQLModel, table=True):
+    __tablename__ = "attachment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_row_id: int = Field(foreign_key="ticket_message.id", index=True)
+    filename: str = Field(max_length=255)
+    content_type: str = Field(max_length=255)
+    size: int
+    data: bytes | None = _blob()
+
+
+class LedgerRow(SQLModel, table=True):
+    """Every message ever processed, keyed so that the same message is never processed twice."""
+
+    __tablename__ = "processed_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=1000, unique=True)
+    message_id: str | None = Field(default=None, max_length=998)
+    outcome: str = Field(max_length=20)
+    reason: str = _text()
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
+    source: str = Field(default="", max_length=400)
+    processed_at: datetime = _time()
+
+
+class OutboxRow(SQLModel, table=True):
+    """Mail waiting to be sent, written in the same transaction as the ticket it belongs to."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
+    kind: str = Field(max_length=20)
+    message_id: str = Field(max_length=998, unique=True)
+    recipient: str = Field(max_length=320)
+    envelope_sender: str = Field(default="", max_length=320)
+    subject: str = _text()
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: str = Field(default="pending", max_length=20, index=True)  # pending | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime = _time(index=True)
+    give_up_at: datetime = _time()
+    last_error: str = _text()
+    created_at: datetime = _time()
+    sent_at: datetime | None = _time(nullable=True)
+
+
+class QuarantineRow(SQLModel, table=True):
+    """A message that could not be processed, kept with its reason until an admin retries it."""
+
+    __tablename__ = "quarantine"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(default="", max_length=400)
+    folder: str = Field(default="", max_length=400)
+    uidvalidity: int | None = None
+    uid: int | None = None
+    message_id: str | None = Field(default=None, max_length=998)
+    subject: str = _text()
+    from_address: str = Field(default="", max_length=320)
+    reason: str = _text()
+    size: int = 0
+    raw: bytes | None = _blob()
+    received_at: datetime = _time()
+    status: str = Field(default="held", max_length=20, index=True)  # held | released
+    created_at: datetime = _time()
+    released_at: datetime | None = _time(nullable=True)
+
+
+class MailboxStateRow(SQLModel, table=True):
+    """How far the daemon has read a folder, per UIDVALIDITY (a new one means new UIDs)."""
+
+    __tablename__ = "mailbox_state"
+    __table_args__ = (UniqueConstraint("folder", "uidvalidity"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    folder: str = Field(max_length=400)
+    uidvalidity: int
+    last_uid: int = 0
