@@ -1,0 +1,135 @@
+"""The database layer on SQLite and on the local PostgreSQL: one transaction per message, UTC times,
+NUL-free text, and the ledger that stops a message from being recorded twice."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import SQLModel
+
+from ticketure_mail.acknowledgement import OutgoingMail, TicketFacts
+from ticketure_mail.config import load_settings
+from ticketure_mail.decisions import Plan, Source, decide
+from ticketure_mail.deadlines import policy_from_settings
+from ticketure_mail.loops import HUMAN
+from ticketure_mail.model import Attachment, Outcome
+from ticketure_mail.store import DuplicateMessage, Store
+from ticketure_mail.urgency import UrgencyRule
+
+from mailfactory import parsed
+
+SETTINGS = load_settings(Path(__file__).resolve().parents[1] / "config.example.toml")
+NOW = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store.from_url(db_url, "TKT")
+    # The PostgreSQL database is shared by the session: start every test from empty tables.
+    SQLModel.metadata.drop_all(s.engine)
+    s.create_schema()
+    yield s
+    s.close()
+
+
+def plan_for(mail, candidate=None) -> Plan:
+    return decide(mail, source=Source("imap", "INBOX", 7, 1), received_at=NOW, candidate=candidate,
+                  verdict=HUMAN, urgency=UrgencyRule(SETTINGS.urgency.markers), policy=policy_from_settings(SETTINGS),
+                  acknowledge_followups=False)
+
+
+def fake_ack(plan: Plan, facts: TicketFacts) -> OutgoingMail:
+    return OutgoingMail(f"ack-{facts.reference}@ticketure.com", "client@example.com", "", f"[{facts.reference}]",
+                        b"Subject: ack\r\n\r\nhello\r\n")
+
+
+def test_new_ticket_message_ledger_and_outbox_in_one_go(store: Store) -> None:
+    mail = parsed(subject="Urgent: site down", message_id="m1@example.com",
+                  attachments=(Attachment("report.pdf", "application/pdf", b"%PDF-1.4"),))
+    result = store.apply(plan_for(mail), b"raw bytes", NOW, fake_ack)
+    assert result.outcome == Outcome.CREATED
+    assert result.ticket == "TKT-000001"
+    assert result.priority == 1 and result.ack
+    ticket = store.ticket("TKT-000001")
+    assert ticket is not None
+    assert ticket.due_at == NOW + timedelta(minutes=15)
+    assert ticket.due_at.tzinfo is not None and ticket.received_at == NOW
+    [(message, files)] = store.ticket_messages(ticket.id)
+    assert message.message_id == "m1@example.com" and message.raw == b"raw bytes"
+    assert [(f.filename, f.size) for f in files] == [("report.pdf", 8)]
+    assert store.is_processed("mid:m1@example.com")
+    [pending] = store.due_outbox(NOW)
+    assert pending.ticket_id == ticket.id and pending.message_id == "ack-TKT-000001@ticketure.com"
+
+
+def test_a_second_apply_of_the_same_message_is_refused_whole(store: Store) -> None:
+    mail = parsed(message_id="same@example.com")
+    store.apply(plan_for(mail), b"raw", NOW, fake_ack)
+    with pytest.raises(DuplicateMessage):
+        store.apply(plan_for(mail), b"raw", NOW, fake_ack)
+    assert len(store.tickets()) == 1
+    assert len(store.due_outbox(NOW)) == 1
+
+
+def test_an_ack_failure_rolls_back_the_ticket(store: Store) -> None:
+    def broken_ack(plan: Plan, facts: TicketFacts) -> OutgoingMail:
+        raise RuntimeError("template exploded")
+
+    with pytest.raises(RuntimeError):
+        store.apply(plan_for(parsed(message_id="rollback@example.com")), b"raw", NOW, broken_ack)
+    assert store.tickets() == []
+    assert not store.is_processed("mid:rollback@example.com")
+
+
+def test_thread_lookup_by_headers_outbound_ids_and_subject(store: Store) -> None:
+    first = store.apply(plan_for(parsed(message_id="root@example.com")), b"r", NOW, fake_ack)
+    by_inbound = store.find_thread(parsed(subject="Re: x", message_id="r1@example.com", in_reply_to=("root@example.com",)))
+    assert by_inbound is not None and by_inbound.reference == first.ticket and by_inbound.matched_by == "in-reply-to"
+    [pending] = store.due_outbox(NOW)
+    store.mark_sent(pending.id, NOW)
+    by_ack = store.find_thread(parsed(subject="Re: x", message_id="r2@example.com", references=(pending.message_id,)))
+    assert by_ack is not None and by_ack.matched_by == "references"
+    by_subject = store.find_thread(parsed(subject=f"Re: [{first.ticket}] x", message_id="r3@example.com"))
+    assert by_subject is not None and by_subject.matched_by == "subject-reference"
+    assert "client@example.com" in by_subject.participants
+    assert store.find_thread(parsed(subject="Re: [TKT-009999] x", message_id="r4@example.com")) is None
+
+
+def test_text_with_nul_and_control_bytes_is_stored_on_every_backend(store: Store) -> None:
+    # The parser removes NUL from text; raw bytes keep it and live in a binary column.
+    mail = parsed(subject="zero", message_id="nul@example.com", body_text="before after")
+    store.apply(plan_for(mail), b"raw\x00with nul", NOW, fake_ack)
+    [(message, _)] = store.ticket_messages(store.tickets()[0].id)
+    assert message.raw == b"raw\x00with nul"
+
+
+def test_outbox_retry_and_failure_bookkeeping(store: Store) -> None:
+    store.apply(plan_for(parsed(message_id="o@example.com")), b"r", NOW, fake_ack)
+    [item] = store.due_outbox(NOW)
+    store.mark_retry(item.id, "451 try later", NOW + timedelta(minutes=5))
+    assert store.due_outbox(NOW) == []
+    [again] = store.due_outbox(NOW + timedelta(minutes=5))
+    assert again.attempts == 1 and again.last_error == "451 try later"
+    store.mark_failed(item.id, "550 no such user")
+    assert [i.status for i in store.outbox_items()] == ["failed"]
+    assert store.requeue_outbox(item.id, NOW)
+    assert not store.requeue_outbox(item.id, NOW)  # only a failed row can be requeued
+    assert [i.status for i in store.outbox_items()] == ["pending"]
+
+
+def test_mailbox_position_never_moves_back(store: Store) -> None:
+    assert store.last_uid("INBOX", 42) is None
+    store.set_last_uid("INBOX", 42, 10)
+    store.set_last_uid("INBOX", 42, 5)
+    assert store.last_uid("INBOX", 42) == 10
+    assert store.last_uid("INBOX", 43) is None  # a new UIDVALIDITY starts afresh
+
+
+def test_quarantine_rows(store: Store) -> None:
+    row_id = store.quarantine(source=Source("imap", "INBOX", 1, 9), reason="cannot parse", raw=b"junk",
+                              size=4, received_at=NOW, now=NOW)
+    [held] = store.held_quarantine()
+    assert held.id == row_id and held.uid == 9 and held.raw == b"junk"
+    store.release_quarantine(row_id, NOW)
+    assert store.held_quarantine() == []
