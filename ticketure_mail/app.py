@@ -23,6 +23,7 @@ class App:
     processor: Processor
     stop: threading.Event = field(default_factory=threading.Event)
     _sender: Sender | None = None
+    _poller: Poller | None = None
 
     def inbox(self) -> ImapInbox:
         """A new, unconnected IMAP inbox; reading the password may raise ConfigError."""
@@ -37,11 +38,17 @@ class App:
         return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox)
 
     def poller(self) -> Poller:
-        # Read both secrets now, so a missing one is a config error at start, not a log line later.
-        read_secret(self.settings, "imap")
-        return Poller(self.inbox, self.store, self.processor, self.delivery(), self.settings.imap, self.stop)
+        """The one poller of this app; it keeps its IMAP connection between cycles."""
+        if self._poller is None:
+            # Read both secrets now, so a missing one is a config error at start, not a log line later.
+            read_secret(self.settings, "imap")
+            self._poller = Poller(self.inbox, self.store, self.processor, self.delivery(), self.settings.imap, self.stop)
+        return self._poller
 
     def close(self) -> None:
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         self.store.close()
 
 
