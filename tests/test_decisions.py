@@ -124,3 +124,29 @@ def test_dedupe_key_prefers_message_id_and_falls_back_to_content() -> None:
     assert dedupe_key(parsed(message_id=None, content_digest="f" * 64)) == "digest:" + "f" * 64
     long_key = dedupe_key(parsed(message_id="x" * 2000 + "@example.com"))
     assert long_key.startswith("mid-sha256:") and len(long_key) < 100
+
+
+def test_thread_index_root_is_the_first_22_bytes() -> None:
+    from ticketure_mail.decisions import thread_index_root
+
+    original = parsed(headers={"Thread-Index": "AdrBLn8waxwtPk9QYXKDlKW2x9jp+g=="})
+    reply = parsed(headers={"Thread-Index": "AdrBLn8waxwtPk9QYXKDlKW2x9jp+gAAChss"})
+    assert thread_index_root(original) is not None
+    assert thread_index_root(original) == thread_index_root(reply)
+    assert thread_index_root(parsed(headers={"Thread-Index": "short=="})) is None
+    assert thread_index_root(parsed(headers={"Thread-Index": "!!!not base64!!!"})) is None
+    assert thread_index_root(parsed()) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("Scanner driver install fails", "RE: Scanner driver install fails", True),
+        ("Scanner  driver", "AW: SV: scanner driver", True),
+        ("Scanner driver", "Printer driver", False),
+    ],
+)
+def test_same_conversation_subject(a: str, b: str, same: bool) -> None:
+    from ticketure_mail.decisions import same_conversation_subject
+
+    assert same_conversation_subject(a, b) == same

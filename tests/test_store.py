@@ -133,3 +133,16 @@ def test_quarantine_rows(store: Store) -> None:
     assert held.id == row_id and held.uid == 9 and held.raw == b"junk"
     store.release_quarantine(row_id, NOW)
     assert store.held_quarantine() == []
+
+
+def test_thread_index_joins_only_same_sender_and_subject(store: Store) -> None:
+    root_header = {"Thread-Index": "AdrBLn8waxwtPk9QYXKDlKW2x9jp+g=="}
+    reply_header = {"Thread-Index": "AdrBLn8waxwtPk9QYXKDlKW2x9jp+gAAChss"}
+    first = store.apply(plan_for(parsed(subject="Scanner fails", message_id="ti-0@example.com", headers=root_header)),
+                        b"r", NOW, fake_ack)
+    found = store.find_thread(parsed(subject="RE: Scanner fails", message_id="ti-1@example.com", headers=reply_header))
+    assert found is not None and found.reference == first.ticket and found.matched_by == "thread-index"
+    assert store.find_thread(parsed(subject="RE: Scanner fails", from_addr="other@example.com",
+                                    message_id="ti-2@example.com", headers=reply_header)) is None
+    assert store.find_thread(parsed(subject="RE: Something else", message_id="ti-3@example.com",
+                                    headers=reply_header)) is None

@@ -4,17 +4,23 @@ Threading rule (documented, and tested in tests/test_decisions.py):
 1. A message whose In-Reply-To or References names any message of a ticket (an inbound one or
    one of our acknowledgements) joins that ticket, whoever sent it: a colleague in Cc who
    answers the thread belongs to it.
-2. Otherwise a ticket reference in the subject (``[TKT-000042]``) joins that ticket only when
+2. Otherwise, for mail from Outlook and Exchange, which may strip In-Reply-To and References:
+   a message whose Thread-Index starts with the same 22-byte conversation block as a message
+   of a ticket, sent by the same address, with the same subject once reply prefixes are
+   removed, joins that ticket.
+3. Otherwise a ticket reference in the subject (``[TKT-000042]``) joins that ticket only when
    the sender already took part in it (the requester, or the sender of one of its messages).
    A bare subject reference from a stranger opens a new ticket instead, so that guessing a
    reference cannot put mail into somebody else's ticket.
-3. Otherwise the message opens a new ticket.
+4. Otherwise the message opens a new ticket.
 Automatic mail (see loops.py) never opens a ticket: it joins a matching ticket as a note that
 triggers nothing, or it is discarded with its reason.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,10 +30,14 @@ from .acknowledgement import AckKind, reply_recipient
 from .deadlines import ServicePolicy, due_at
 from .loops import LoopVerdict
 from .model import Address, Outcome, ParsedMail, Priority, RequestType
+from .subjects import strip_reply_prefixes
 from .urgency import UrgencyRule
 
 MessageKind = Literal["request", "followup", "note"]
-MatchedBy = Literal["in-reply-to", "references", "subject-reference", "delivery-report"]
+MatchedBy = Literal["in-reply-to", "references", "thread-index", "subject-reference", "delivery-report"]
+
+# Outlook's Thread-Index starts with a 22-byte block shared by every message of a conversation.
+_THREAD_INDEX_ROOT_BYTES = 22
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,25 @@ def dedupe_key(mail: ParsedMail) -> str:
             return key
         return "mid-sha256:" + hashlib.sha256(mail.message_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"digest:{mail.content_digest}"
+
+
+def thread_index_root(mail: ParsedMail) -> str | None:
+    """The conversation block of an Outlook Thread-Index header, hex, or None."""
+    value = "".join(mail.header("thread-index").split())
+    if not value:
+        return None
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    if len(decoded) < _THREAD_INDEX_ROOT_BYTES:
+        return None
+    return decoded[:_THREAD_INDEX_ROOT_BYTES].hex()
+
+
+def same_conversation_subject(a: str, b: str) -> bool:
+    """Subjects equal once reply prefixes, case and spacing are set aside."""
+    return " ".join(strip_reply_prefixes(a).casefold().split()) == " ".join(strip_reply_prefixes(b).casefold().split())
 
 
 def classify(mail: ParsedMail, urgency: UrgencyRule) -> Classification:

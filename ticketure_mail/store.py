@@ -17,7 +17,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from .acknowledgement import OutgoingMail, TicketFacts
-from .decisions import Plan, Source, ThreadCandidate
+from .decisions import Plan, Source, ThreadCandidate, same_conversation_subject, thread_index_root
 from .model import Attachment, Outcome, ParsedMail, Priority, ProcessResult, RequestType
 from .subjects import find_reference, format_reference
 from .tables import (
@@ -151,6 +151,18 @@ class Store:
                     ).first()
                 if ticket_id is not None:
                     return self._candidate(s, ticket_id, matched_by)  # type: ignore[arg-type]
+            root = thread_index_root(mail)
+            sender = mail.from_address.address if mail.from_address else ""
+            if root is not None and sender:
+                rows = s.exec(
+                    select(MessageRow.ticket_id, TicketRow.subject)
+                    .join(TicketRow, TicketRow.id == MessageRow.ticket_id)  # type: ignore[arg-type]
+                    .where(MessageRow.thread_root == root, MessageRow.from_address == sender)
+                    .limit(_THREAD_LOOKUP_LIMIT)
+                ).all()
+                for ticket_id, subject in rows:
+                    if same_conversation_subject(subject, mail.subject):
+                        return self._candidate(s, ticket_id, "thread-index")
             reference = find_reference(mail.subject, self.reference_prefix)
             if reference is not None:
                 ticket = s.exec(select(TicketRow).where(TicketRow.reference == reference)).first()
@@ -282,6 +294,7 @@ class Store:
             body_html=mail.body_html,
             raw=raw,
             source=plan.source.label(),
+            thread_root=thread_index_root(mail),
         )
         s.add(row)
         s.flush()

@@ -75,6 +75,8 @@ class MessageRow(SQLModel, table=True):
     body_html: str | None = _text(nullable=True)
     raw: bytes | None = _blob()
     source: str = Field(default="", max_length=400)
+    # The conversation block of an Outlook Thread-Index, hex; see decisions.thread_index_root.
+    thread_root: str | None = Field(default=None, max_length=64, index=True)
 
 
 class AttachmentRow(SQLModel, table=True):
