@@ -114,3 +114,10 @@ def test_format_due_names_the_zone() -> None:
 
     assert format_due(datetime(2026, 7, 1, 12, 0, tzinfo=UTC), ZoneInfo("Europe/London")) == (
         "Wednesday 1 July 2026, 13:00 BST (Europe/London)")
+
+
+def test_subject_stays_on_the_subject_line_and_is_capped() -> None:
+    out, msg = build(subject="[Urgent-Priority] Our homepage shows someone else's content")
+    assert b"\r\nSubject: [TKT-000042] [Urgent-Priority] Our homepage shows someone else's content\r\n" in out.data
+    out, msg = build(subject="word " * 400)
+    assert len(msg["Subject"]) < 220 and msg["Subject"].endswith("…")

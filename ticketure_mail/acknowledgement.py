@@ -39,7 +39,12 @@ REQUEST_TYPE_LABELS = {
 # References grows with every reply; keep the first (the thread root) and the latest few.
 _MAX_REFERENCES = 10
 _MAX_DISPLAY_NAME = 78
+_MAX_SUBJECT = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# Fold headers only past the hard limit: the standard library's folding at 78 moves a whole
+# subject onto a continuation line or into needless encoded-words, which some clients show raw.
+_ASCII_POLICY = SMTP.clone(max_line_length=998)
+_UTF8_POLICY = SMTPUTF8.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def build_acknowledgement(
     body = templates[kind].substitute(_placeholder_values(facts, recipient, settings))
 
     needs_utf8 = not recipient.address.isascii()
-    msg = EmailMessage(policy=SMTPUTF8 if needs_utf8 else SMTP)
+    msg = EmailMessage(policy=_UTF8_POLICY if needs_utf8 else _ASCII_POLICY)
     msg["From"] = HeaderAddress(display_name=settings.smtp.from_name, addr_spec=settings.smtp.from_address)
     msg["To"] = _header_address(recipient)
     msg["Subject"] = subject
@@ -154,6 +159,8 @@ def ack_subject(reference: str, subject: str, prefix: str) -> str:
     bare = reference_pattern(prefix).sub("", bare)
     bare = re.sub(r"\[\s*\]", "", bare)
     bare = re.sub(r"\s+", " ", bare).strip()
+    if len(bare) > _MAX_SUBJECT:
+        bare = bare[: _MAX_SUBJECT - 1].rstrip() + "…"
     return f"[{reference}] {bare or '(no subject)'}"
 
 

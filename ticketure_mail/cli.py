@@ -205,7 +205,8 @@ def _tickets(app: App, args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return EXIT_OK
     print(f"{ticket.reference}: {ticket.subject or '(no subject)'}")
-    print(f"  requester:    {ticket.requester_name} <{ticket.requester}>".replace("  <", " <").replace(":  ", ": "))
+    requester = f"{ticket.requester_name} <{ticket.requester}>" if ticket.requester_name else ticket.requester
+    print(f"  requester:    {requester}")
     print(f"  priority:     {ticket.priority} ({PRIORITY_NAMES[ticket.priority]})")
     print(f"  request type: {ticket.request_type}")
     print(f"  status:       {ticket.status}")
