@@ -73,7 +73,7 @@ def load_templates() -> dict[AckKind, string.Template]:
     """The built-in acknowledgement texts, checked to use only known placeholders."""
     templates: dict[AckKind, string.Template] = {}
     for kind in ("standard", "urgent", "escalated"):
-        text = resources.files("ticketure_mail.templates").joinpath(f"{kind}.txt").read_text(encoding="utf-8")
+        text = resources.files("ticketure_mail").joinpath("templates", f"{kind}.txt").read_text(encoding="utf-8")
         template = string.Template(text)
         unknown = set(template.get_identifiers()) - PLACEHOLDERS
         if unknown or not template.is_valid():
