@@ -150,3 +150,27 @@ def test_same_conversation_subject(a: str, b: str, same: bool) -> None:
     from ticketure_mail.decisions import same_conversation_subject
 
     assert same_conversation_subject(a, b) == same
+
+
+def test_rate_limit_suppresses_the_acknowledgement_but_not_the_ticket() -> None:
+    plan = decide(parsed(), source=Source("ingest"), received_at=THURSDAY, candidate=None, verdict=HUMAN,
+                  urgency=RULE, policy=POLICY, acknowledge_followups=False, ack_limit="rate limit: 5 in 10 minutes")
+    assert plan.outcome == Outcome.CREATED and plan.ack is None
+    assert plan.ack_suppressed == "rate limit: 5 in 10 minutes"
+    assert "acknowledgement suppressed" in plan.reason
+
+
+def test_config_may_let_anyone_join_by_subject_reference() -> None:
+    plan = decide(parsed(subject="Re: [TKT-000007]", from_addr="stranger@example.net"), source=Source("ingest"),
+                  received_at=THURSDAY, candidate=candidate("subject-reference"), verdict=HUMAN, urgency=RULE,
+                  policy=POLICY, acknowledge_followups=False, subject_reference_from="anyone")
+    assert plan.outcome == Outcome.THREADED
+
+
+def test_delivery_report_names_the_bounced_acknowledgement() -> None:
+    report = parsed(subject="Undelivered", from_addr="MAILER-DAEMON@mx.example.org", is_delivery_report=True,
+                    reported_message_ids=("ack-1@ticketure.com",))
+    plan = plan_for(report, candidate("delivery-report"), LoopVerdict(True, True, "delivery status notification"))
+    assert plan.outcome == Outcome.THREADED and plan.message_kind == "note"
+    assert plan.bounced_message_ids == ("ack-1@ticketure.com",)
+    assert plan_for(report, None, LoopVerdict(True, True, "dsn")).bounced_message_ids == ("ack-1@ticketure.com",)

@@ -57,3 +57,20 @@ def test_a_message_without_sender_is_not_automatic_by_itself() -> None:
 def test_reply_to_does_not_change_the_verdict() -> None:
     mail = parsed(reply_to=(Address("", "support@ticketure.com"),))
     assert not judge(mail, OWN).automatic
+
+
+def test_rate_limit_windows() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from ticketure_mail.config import RateLimit
+    from ticketure_mail.loops import rate_limit_reason
+
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    limits = (RateLimit(5, 10), RateLimit(20, 1440))
+    minutes_ago = lambda *m: [now - timedelta(minutes=x) for x in m]  # noqa: E731
+    assert rate_limit_reason([], now, limits) == ""
+    assert rate_limit_reason(minutes_ago(1, 2, 3, 4), now, limits) == ""
+    assert "5 acknowledgements" in rate_limit_reason(minutes_ago(1, 2, 3, 4, 5), now, limits)
+    assert rate_limit_reason(minutes_ago(1, 2, 3, 4, 11), now, limits) == ""  # one fell out of the window
+    assert "1440 minutes" in rate_limit_reason(minutes_ago(*range(20, 420, 20)), now, limits)
+    assert rate_limit_reason(minutes_ago(*range(20, 400, 20)), now, limits) == ""

@@ -122,9 +122,27 @@ class EscalationSettings:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """At most ``acknowledgements`` to one address within ``minutes``."""
+
+    acknowledgements: int
+    minutes: int
+
+
+@dataclass(frozen=True)
 class AcknowledgementSettings:
     # A follow-up in an existing ticket gets no new acknowledgement unless this is on.
     acknowledge_followups: bool = False
+    # Sliding windows per recipient; past any of them acknowledgements are suppressed, which
+    # stops a flood from one address and a loop with another robot.
+    rate_limits: tuple[RateLimit, ...] = (RateLimit(5, 10), RateLimit(20, 1440))
+
+
+@dataclass(frozen=True)
+class ThreadingSettings:
+    # Who may join a ticket by its reference in the subject alone (no In-Reply-To/References):
+    # "participants" (the requester and earlier senders) or "anyone".
+    subject_reference_from: Literal["participants", "anyone"] = "participants"
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,7 @@ class Settings:
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
     escalation: EscalationSettings = field(default_factory=EscalationSettings)
     acknowledgement: AcknowledgementSettings = field(default_factory=AcknowledgementSettings)
+    threading: ThreadingSettings = field(default_factory=ThreadingSettings)
     # Where the settings came from, so later errors (a missing secret) can name the file.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -350,5 +369,8 @@ def _check_semantics(settings: Settings) -> None:
     need(bool(settings.calendar.working_days), "calendar.working_days", "must name at least one day")
     for i, day in enumerate(settings.calendar.working_days):
         need(day in WEEKDAY_NAMES, f"calendar.working_days[{i}]", f"must be one of {', '.join(WEEKDAY_NAMES)}")
+    for i, limit in enumerate(settings.acknowledgement.rate_limits):
+        need(limit.acknowledgements >= 1, f"acknowledgement.rate_limits[{i}].acknowledgements", "must be at least 1")
+        need(limit.minutes >= 1, f"acknowledgement.rate_limits[{i}].minutes", "must be at least 1")
     for i, phone in enumerate(settings.escalation.phones):
         need(bool(phone.number.strip()), f"escalation.phones[{i}].number", "must not be empty")

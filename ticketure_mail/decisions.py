@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -109,6 +109,10 @@ class Plan:
     message_kind: MessageKind | None = None
     ack: AckKind | None = None
     ack_recipient: Address | None = None
+    # An acknowledgement that was due but held back (rate limit): noted on the ticket.
+    ack_suppressed: str = ""
+    # Our outgoing Message-IDs that a delivery status notification reports as undelivered.
+    bounced_message_ids: tuple[str, ...] = ()
 
 
 def dedupe_key(mail: ParsedMail) -> str:
@@ -170,18 +174,43 @@ def decide(
     urgency: UrgencyRule,
     policy: ServicePolicy,
     acknowledge_followups: bool,
+    subject_reference_from: Literal["participants", "anyone"] = "participants",
+    ack_limit: str = "",
 ) -> Plan:
-    """The plan for one message that is not a duplicate."""
+    """The plan for one message that is not a duplicate.
+
+    ``ack_limit`` is why one more acknowledgement to this sender would be too many ("" if not).
+    """
+    plan = _decide(mail, source, received_at, candidate, verdict, urgency, policy, acknowledge_followups,
+                   subject_reference_from)
+    if plan.ack is not None and ack_limit:
+        reason = "; ".join(p for p in (plan.reason, f"acknowledgement suppressed: {ack_limit}") if p)
+        return replace(plan, ack=None, ack_recipient=None, ack_suppressed=ack_limit, reason=reason)
+    return plan
+
+
+def _decide(
+    mail: ParsedMail,
+    source: Source,
+    received_at: datetime,
+    candidate: ThreadCandidate | None,
+    verdict: LoopVerdict,
+    urgency: UrgencyRule,
+    policy: ServicePolicy,
+    acknowledge_followups: bool,
+    subject_reference_from: Literal["participants", "anyone"],
+) -> Plan:
     key = dedupe_key(mail)
     base = dict(dedupe_key=key, mail=mail, received_at=received_at, source=source)
     requester = requester_of(mail)
-    joins = candidate is not None and _may_join(candidate, requester)
+    joins = candidate is not None and (subject_reference_from == "anyone" or _may_join(candidate, requester))
 
     if verdict.automatic:
+        bounced = mail.reported_message_ids if mail.is_delivery_report else ()
         if candidate is not None and candidate.matched_by != "subject-reference":
             return Plan(Outcome.THREADED, f"automatic mail kept as a note: {verdict.reason}",
-                        join_ticket=candidate, message_kind="note", **base)
-        return Plan(Outcome.DISCARDED, f"automatic mail: {verdict.reason}", **base)
+                        join_ticket=candidate, message_kind="note", bounced_message_ids=bounced, **base)
+        return Plan(Outcome.DISCARDED, f"automatic mail: {verdict.reason}", bounced_message_ids=bounced, **base)
 
     if requester is None:
         return Plan(Outcome.QUARANTINED, "no sender address in From, Sender or Return-Path", **base)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .config import RateLimit
 
 from .model import ParsedMail
 
@@ -74,3 +77,20 @@ def _automatic(reason: str) -> LoopVerdict:
 
 def _no_ack(reason: str) -> LoopVerdict:
     return LoopVerdict(automatic=False, no_ack=True, reason=reason)
+
+
+def rate_limit_reason(sent_at: Sequence[datetime], now: datetime, limits: Sequence[RateLimit]) -> str:
+    """Why one more acknowledgement to an address would be too many, or "" if it would not.
+
+    ``sent_at`` are the times earlier acknowledgements to that address were queued.
+    """
+    for limit in limits:
+        since = now - timedelta(minutes=limit.minutes)
+        recent = sum(1 for t in sent_at if t > since)
+        if recent >= limit.acknowledgements:
+            return f"rate limit: {recent} acknowledgements to this address in {limit.minutes} minutes"
+    return ""
+
+
+def longest_window(limits: Sequence[RateLimit]) -> timedelta:
+    return timedelta(minutes=max((limit.minutes for limit in limits), default=0))

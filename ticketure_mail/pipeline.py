@@ -7,13 +7,20 @@ from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from .acknowledgement import OutgoingMail, TicketFacts, build_acknowledgement, load_templates, new_message_id
+from .acknowledgement import (
+    OutgoingMail,
+    TicketFacts,
+    build_acknowledgement,
+    load_templates,
+    new_message_id,
+    reply_recipient,
+)
 from .clock import Clock, as_utc
 from .config import Settings
 from .decisions import Plan, Source, decide, dedupe_key
 from .deadlines import policy_from_settings
 from .errors import ParseError, TransientError
-from .loops import judge
+from .loops import judge, longest_window, rate_limit_reason
 from .model import Outcome, ParsedMail, ProcessResult
 from .parsing import parse_mail
 from .store import DuplicateMessage, Store
@@ -83,6 +90,8 @@ class Processor:
             urgency=self.urgency,
             policy=self.policy,
             acknowledge_followups=self.settings.acknowledgement.acknowledge_followups,
+            subject_reference_from=self.settings.threading.subject_reference_from,
+            ack_limit=self._ack_limit(mail, now),
         )
         if plan.outcome == Outcome.QUARANTINED:
             return self._quarantine(source, plan.reason, raw, arrival, mail)
@@ -90,6 +99,14 @@ class Processor:
             return self.store.apply(plan, raw, now, self._build_ack)
         except DuplicateMessage:
             return _duplicate(mail, key)
+
+    def _ack_limit(self, mail: ParsedMail, now: datetime) -> str:
+        recipient = reply_recipient(mail)
+        limits = self.settings.acknowledgement.rate_limits
+        if recipient is None or not limits:
+            return ""
+        sent = self.store.recent_ack_times(recipient.address, now - longest_window(limits))
+        return rate_limit_reason(sent, now, limits)
 
     def _build_ack(self, plan: Plan, facts: TicketFacts) -> OutgoingMail:
         assert plan.ack is not None and plan.ack_recipient is not None

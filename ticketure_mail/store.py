@@ -241,6 +241,12 @@ class Store:
         if ticket is not None and plan.message_kind is not None:
             assert ticket.id is not None
             self._add_message(s, ticket.id, plan, raw)
+        if ticket is not None and plan.ack_suppressed:
+            assert ticket.id is not None
+            s.add(MessageRow(ticket_id=ticket.id, direction="internal", kind="note", subject="acknowledgement suppressed",
+                             received_at=now, body_text=plan.ack_suppressed, source=plan.source.label()))
+        if plan.bounced_message_ids:
+            self._record_bounce(s, plan)
 
         ack_sent = False
         if ticket is not None and plan.ack is not None and plan.ack_recipient is not None:
@@ -279,6 +285,26 @@ class Store:
             ack=ack_sent,
             message_id=mail.message_id,
         )
+
+    def _record_bounce(self, s: Session, plan: Plan) -> None:
+        rows = s.exec(
+            select(OutboxRow).where(OutboxRow.message_id.in_(plan.bounced_message_ids[:_THREAD_LOOKUP_LIMIT]))  # type: ignore[attr-defined]
+        ).all()
+        for row in rows:
+            row.status = "bounced"
+            row.last_error = f"bounced: {plan.mail.subject or 'delivery status notification'}"[:2000]
+            s.add(row)
+
+    def recent_ack_times(self, recipient: str, since: datetime) -> list[datetime]:
+        """When acknowledgements to an address were queued since a time (for the rate limit)."""
+        with self.transaction() as s:
+            return list(
+                s.exec(
+                    select(OutboxRow.created_at).where(
+                        func.lower(OutboxRow.recipient) == recipient.lower(), OutboxRow.created_at > since
+                    )
+                ).all()
+            )
 
     def _add_message(self, s: Session, ticket_id: int, plan: Plan, raw: bytes) -> None:
         mail = plan.mail
