@@ -319,7 +319,8 @@ def _check_config(settings: Any) -> int:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Third-party loggers that print message content or protocol traffic stay quiet.
-    for noisy in ("imapclient", "mailparser", "aiosmtplib", "apscheduler"):
+    # (parsing.py holds mailparser at CRITICAL: at ERROR it logs raw header values.)
+    for noisy in ("imapclient", "aiosmtplib", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
