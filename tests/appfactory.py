@@ -39,16 +39,24 @@ def settings_for(mailbox: ImapAccount, sink: SmtpSink, db_url: str, tmp_path: Pa
 
 
 def toml_text(table: dict[str, Any]) -> str:
-    """Just enough TOML for the tables above: sections of strings, numbers and booleans."""
+    """Just enough TOML for the tables above: sections of strings, numbers, booleans, arrays of
+    those, and inline tables."""
     lines = []
     for section, values in table.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            if isinstance(value, bool):
-                lines.append(f"{key} = {'true' if value else 'false'}")
-            elif isinstance(value, (int, float)):
-                lines.append(f"{key} = {value}")
-            else:
-                lines.append(f'{key} = "{value}"')
+            lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return f'"{value}"'

@@ -14,8 +14,9 @@ from ticketure_mail.acknowledgement import (
     format_due,
     load_templates,
     reply_recipient,
+    template_name,
 )
-from ticketure_mail.config import load_settings
+from ticketure_mail.config import load_settings, settings_from_dict
 from ticketure_mail.model import Address, Priority, RequestType
 
 from mailfactory import parsed
@@ -121,3 +122,62 @@ def test_subject_stays_on_the_subject_line_and_is_capped() -> None:
     assert b"\r\nSubject: [TKT-000042] [Urgent-Priority] Our homepage shows someone else's content\r\n" in out.data
     out, msg = build(subject="word " * 400)
     assert len(msg["Subject"]) < 220 and msg["Subject"].endswith("…")
+
+
+# --- one text per request type ------------------------------------------------------------------
+
+
+def typed(request_type: RequestType, settings=SETTINGS, templates=TEMPLATES) -> str:
+    facts = TicketFacts("TKT-000042", "Subject", Priority.NORMAL, request_type, datetime(2026, 12, 4, 16, 0, tzinfo=UTC))
+    out = build_acknowledgement("standard", facts, parsed(message_id="o@example.com"), Address("Casey", "c@example.com"),
+                                settings, templates, "ack-2@ticketure.com", NOW)
+    return text_of(message_from_bytes(out.data, policy=default))
+
+
+def test_api_request_acknowledgement_asks_for_the_five_things() -> None:
+    body = typed(RequestType.API_REQUEST)
+    for item in ("goal of the integration, or the use case", "API endpoints involved", "sample requests or payloads",
+                 "error messages or logs", "relevant technical documentation"):
+        assert item in body
+    assert "can take longer" in body and "844-830-9595" in body
+
+
+def test_web_refinement_and_product_feedback_say_what_happens_next() -> None:
+    web = " ".join(typed(RequestType.WEB_REFINEMENT).split())
+    assert "queue it for our web team according to its business impact" in web
+    assert "does not start straight away" in web and "tell you when to expect it" in web
+    feedback = " ".join(typed(RequestType.PRODUCT_FEEDBACK).split())
+    assert "product and development teams review" in feedback
+    assert "cannot promise immediate work" in feedback
+
+
+def test_standard_acknowledgement_names_its_business_clock() -> None:
+    assert "(our target for a first response: 24 hours of business time (Monday to Friday, all day, UTC time))" in (
+        typed(RequestType.STANDARD))
+    london = settings_from_dict({
+        "imap": {"host": "h", "username": "u", "password_env": "X"}, "smtp": {"host": "h"},
+        "calendar": {"timezone": "Europe/London", "holiday_country": "GB",
+                     "opening_hours": {d: ["09:00", "17:30"] for d in ("mon", "tue", "wed", "thu", "fri")}},
+    })
+    assert "24 hours of business time (Monday to Friday, 09:00-17:30, Europe/London time, except holidays)" in (
+        typed(RequestType.STANDARD, london, load_templates(london)))
+
+
+def test_templates_come_from_the_files_the_config_names(tmp_path: Path) -> None:
+    (tmp_path / "api.txt").write_text("Dear $greeting_name, $reference is due $due. Costs: $$0.\n", encoding="utf-8")
+    settings = settings_from_dict({
+        "imap": {"host": "h", "username": "u", "password_env": "X"}, "smtp": {"host": "h"},
+        "templates": {"api_request": str(tmp_path / "api.txt")},
+    })
+    templates = load_templates(settings)
+    assert typed(RequestType.API_REQUEST, settings, templates).strip() == (
+        "Dear Casey, TKT-000042 is due Friday 4 December 2026, 16:00 UTC (UTC). Costs: $0.")
+    # The others stay built in.
+    assert "web team" in typed(RequestType.WEB_REFINEMENT, settings, templates)
+
+
+def test_template_name_by_kind_and_type() -> None:
+    assert template_name("standard", RequestType.API_REQUEST) == "api_request"
+    assert template_name("standard", RequestType.URGENT) == "standard"
+    assert template_name("urgent", RequestType.URGENT) == "urgent"
+    assert template_name("escalated", RequestType.WEB_REFINEMENT) == "escalated"

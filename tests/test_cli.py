@@ -36,7 +36,7 @@ def cli(config: Path, *args: str, stdin: bytes | None = None, timeout: float = 6
 def test_help_names_every_command() -> None:
     done = subprocess.run([sys.executable, "-m", "ticketure_mail", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    for command in ("run", "poll", "ingest", "tickets", "outbox", "quarantine", "check-config"):
+    for command in ("run", "poll", "ingest", "tickets", "report", "explain", "outbox", "quarantine", "check-config"):
         assert command in done.stdout
 
 

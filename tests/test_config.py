@@ -2,12 +2,21 @@
 
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
-from ticketure_mail.config import Settings, find_config_path, load_settings, read_secret
+from ticketure_mail.config import (
+    OpeningHours,
+    Settings,
+    StaffSettings,
+    TemplateSettings,
+    find_config_path,
+    load_settings,
+    parse_duration,
+    read_secret,
+)
 from ticketure_mail.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +45,18 @@ def test_example_config_loads_and_carries_the_support_terms() -> None:
     assert settings.urgency.markers == ("Urgent", "Urgent-Priority", "Urgent Priority")
     assert [p.number for p in settings.escalation.phones] == ["844-830-9595", "+44 0800 031 8902"]
     t = settings.targets
-    assert (t.priority_1_minutes, t.priority_2_minutes, t.priority_3_minutes, t.priority_4_minutes) == (
-        15, 60, 3 * 24 * 60, 7 * 24 * 60)
-    assert t.standard_support_business_hours == 24
+    assert [(parse_duration(x.within), x.clock) for x in (t.priority_1, t.priority_2, t.priority_3, t.priority_4)] == [
+        (timedelta(minutes=15), "24x7"), (timedelta(hours=1), "24x7"), (timedelta(days=3), "24x7"),
+        (timedelta(days=7), "24x7")]
+    assert (parse_duration(t.standard.within), t.standard.clock) == (timedelta(hours=24), "business")
     assert settings.calendar.working_days == ("mon", "tue", "wed", "thu", "fri")
+    # Whole days, no public holidays unless asked for, no staff, alerts only logged.
+    assert settings.calendar.opening_hours == OpeningHours()
+    assert settings.calendar.holiday_country == "" and settings.staff == StaffSettings()
+    assert settings.watcher.alert_address == ""
+    assert [r.type for r in settings.request_types.rules] == [
+        "standard", "api_request", "web_refinement", "product_feedback", "product_feedback"]
+    assert settings.templates == TemplateSettings()
 
 
 def test_example_config_matches_the_defaults() -> None:
@@ -159,3 +176,105 @@ def test_cli_reports_a_broken_config_in_one_line_with_status_2(tmp_path: Path) -
     assert len(lines) == 1, done.stderr
     assert str(path) in lines[0] and "schedule.poll_interval_seconds" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ('[targets]\npriority_2 = { within = "soon", clock = "24x7" }\n', "targets.priority_2.within", "duration"),
+        ('[targets]\npriority_2 = { within = "0m", clock = "24x7" }\n', "targets.priority_2.within", "one minute"),
+        ('[targets]\nstandard = { within = "3d", clock = "business" }\n', "targets.standard.within", "open hours"),
+        ('[targets]\nstandard = { within = "16h" }\n', "targets.standard.clock", "required key is missing"),
+        ('[targets]\nstandard = { within = "16h", clock = "office" }\n', "targets.standard.clock", "must be one of"),
+        ('[targets]\npriority_5 = { within = "1h", clock = "24x7" }\n', "targets.priority_5", "unknown key"),
+        ('[calendar.opening_hours]\nmon = ["09:00"]\n', "calendar.opening_hours.mon", "pairs"),
+        ('[calendar.opening_hours]\nmon = ["9am", "5pm"]\n', "calendar.opening_hours.mon[0]", "HH:MM"),
+        ('[calendar.opening_hours]\nmon = ["17:30", "09:00"]\n', "calendar.opening_hours.mon", "rise"),
+        ('[calendar.opening_hours]\nsat = ["09:00", "12:00"]\n', "calendar.opening_hours.sat", "working_days"),
+        ('[calendar.opening_hours]\nmonday = ["09:00", "17:00"]\n', "calendar.opening_hours.monday", "unknown key"),
+        ('[calendar]\nholiday_country = "XX"\n', "calendar.holiday_country", "unknown country"),
+        ('[calendar]\nholiday_country = "GB"\nholiday_subdivision = "KENT"\n', "calendar.holiday_subdivision",
+         "unknown subdivision"),
+        ('[calendar]\nholiday_subdivision = "ENG"\n', "calendar.holiday_subdivision", "holiday_country"),
+        ('[[request_types.rules]]\nname = "x"\ntype = "urgent"\nwords = ["a"]\n', "request_types.rules[0].type",
+         "must be one of"),
+        ('[[request_types.rules]]\nname = "x"\ntype = "api_request"\nwords = []\n', "request_types.rules[0].words",
+         "at least one"),
+        ('[[request_types.rules]]\nname = "x"\ntype = "api_request"\nwords = ["a"]\nlook_in = ["footer"]\n',
+         "request_types.rules[0].look_in[0]", "must be one of"),
+        ('[[request_types.rules]]\nname = "x"\ntype = "api_request"\nwords = ["a"]\n'
+         '[[request_types.rules]]\nname = "x"\ntype = "standard"\nwords = ["b"]\n', "request_types.rules[1].name",
+         "already"),
+        ('[staff]\naddresses = ["not an address"]\n', "staff.addresses[0]", "email address"),
+        ('[staff]\ndomains = ["@ticketure.com"]\n', "staff.domains[0]", "domain"),
+        ('[watcher]\nalert_address = "leads"\n', "watcher.alert_address", "email address"),
+        ('[watcher.due_soon_before]\npriority_1 = "soon"\n', "watcher.due_soon_before.priority_1", "duration"),
+        ('[templates]\nstandard = "missing.txt"\n', "templates.standard", "cannot read"),
+        ('[templates]\nsupport = ""\n', "templates.support", "unknown key"),
+    ],
+)
+def test_policy_mistakes_name_the_key(tmp_path: Path, extra: str, key: str, problem: str) -> None:
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+    assert str(path) in str(caught.value)
+
+
+def test_a_template_with_an_unknown_placeholder_stops_start_up(tmp_path: Path) -> None:
+    template = tmp_path / "api.txt"
+    template.write_text("Hello $greeting_name, your ticket $ticket_number is open.\n", encoding="utf-8")
+    path = write(tmp_path, MINIMAL + '[templates]\napi_request = "api.txt"\n')  # relative to the config file
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.key == "templates.api_request"
+    assert str(template) in caught.value.problem and "$ticket_number" in caught.value.problem
+    done = subprocess.run(
+        [sys.executable, "-m", "ticketure_mail", "--config", str(path), "tickets", "list"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "templates.api_request" in done.stderr and "$ticket_number" in done.stderr
+
+
+def test_a_stray_dollar_in_a_template_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "web.txt").write_text("It costs $5.\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL + '[templates]\nweb_refinement = "web.txt"\n'))
+    assert caught.value.key == "templates.web_refinement" and "$$" in caught.value.problem
+
+
+def test_a_full_policy_loads(tmp_path: Path) -> None:
+    (tmp_path / "std.txt").write_text("Ticket $reference, due $due ($target). $$5 fee.\n", encoding="utf-8")
+    settings = load_settings(write(tmp_path, MINIMAL + """
+[targets]
+standard = { within = "16h", clock = "business" }
+priority_2 = { within = "1h30m", clock = "business" }
+[calendar]
+timezone = "America/New_York"
+holiday_country = "US"
+holiday_subdivision = "NY"
+[calendar.opening_hours]
+mon = ["08:00", "12:00", "13:00", "18:00"]
+fri = ["08:00", "24:00"]
+[[request_types.rules]]
+name = "only"
+type = "web_refinement"
+words = ["banner"]
+look_in = ["subject"]
+[templates]
+standard = "std.txt"
+[staff]
+addresses = ["lead@partner.example"]
+domains = ["ticketure.com"]
+[watcher]
+alert_address = "leads@ticketure.com"
+interval_seconds = 30
+[watcher.due_soon_before]
+priority_4 = "0m"
+"""))
+    assert settings.targets.priority_2.within == "1h30m" and parse_duration("1h30m") == timedelta(minutes=90)
+    assert settings.calendar.opening_hours.fri == ("08:00", "24:00")
+    assert [r.name for r in settings.request_types.rules] == ["only"]
+    assert settings.watcher.due_soon_before.priority_4 == "0m" and settings.watcher.due_soon_before.priority_1 == "5m"

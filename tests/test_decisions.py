@@ -10,6 +10,8 @@ from ticketure_mail.decisions import Source, ThreadCandidate, decide, dedupe_key
 from ticketure_mail.deadlines import policy_from_settings
 from ticketure_mail.loops import HUMAN, LoopVerdict
 from ticketure_mail.model import Address, Outcome, Priority, RequestType
+from ticketure_mail.request_types import TypeRules
+from ticketure_mail.staff import StaffDirectory
 from ticketure_mail.urgency import UrgencyRule
 
 from mailfactory import parsed
@@ -174,3 +176,79 @@ def test_delivery_report_names_the_bounced_acknowledgement() -> None:
     assert plan.outcome == Outcome.THREADED and plan.message_kind == "note"
     assert plan.bounced_message_ids == ("ack-1@ticketure.com",)
     assert plan_for(report, None, LoopVerdict(True, True, "dsn")).bounced_message_ids == ("ack-1@ticketure.com",)
+
+
+# --- staff replies and request types --------------------------------------------------------------
+
+STAFF = StaffDirectory(addresses=("lead@partner.example",), domains=("ticketure.com",))
+TYPES = TypeRules.from_settings(SETTINGS)
+
+
+def staff_plan(mail, cand=None, verdict=HUMAN, followups=False):
+    return decide(mail, source=Source("ingest"), received_at=THURSDAY, candidate=cand, verdict=verdict,
+                  urgency=RULE, policy=POLICY, acknowledge_followups=followups, type_rules=TYPES, staff=STAFF)
+
+
+@pytest.mark.parametrize(
+    ("sender", "matched_by", "outcome", "kind"),
+    [
+        # Staff answering by the thread's headers, or by the reference in the subject, though
+        # they never took part in the ticket: a response.
+        ("agent@ticketure.com", "in-reply-to", Outcome.THREADED, "response"),
+        ("agent@eu.ticketure.com", "references", Outcome.THREADED, "response"),
+        ("AGENT@Ticketure.com", "subject-reference", Outcome.THREADED, "response"),
+        ("lead@partner.example", "subject-reference", Outcome.THREADED, "response"),
+        # A look-alike domain is no staff: a stranger's guessed reference opens a new ticket.
+        ("agent@notticketure.com", "subject-reference", Outcome.CREATED, "request"),
+        # The client's own follow-up stays a follow-up.
+        ("client@example.com", "in-reply-to", Outcome.THREADED, "followup"),
+    ],
+)
+def test_staff_reply_rule(sender: str, matched_by: str, outcome: Outcome, kind: str) -> None:
+    plan = staff_plan(parsed(subject="Re: [TKT-000007] Printer", from_addr=sender), candidate(matched_by))
+    assert (plan.outcome, plan.message_kind) == (outcome, kind)
+    if kind == "response":
+        assert plan.ack is None and plan.escalation is None
+        assert "first response recorded" in plan.reason
+
+
+def test_staff_reply_is_never_acknowledged_nor_escalates() -> None:
+    plan = staff_plan(parsed(subject="Re: URGENT: site down", from_addr="agent@ticketure.com"), candidate(),
+                      followups=True)
+    assert plan.message_kind == "response" and plan.ack is None and plan.escalation is None
+
+
+def test_second_staff_reply_says_the_first_response_is_kept() -> None:
+    answered = ThreadCandidate(7, "TKT-000007", Priority.NORMAL, RequestType.STANDARD, "client@example.com",
+                               frozenset({"client@example.com"}), "in-reply-to", first_response_at=THURSDAY)
+    plan = staff_plan(parsed(subject="Re: Printer", from_addr="agent@ticketure.com"), answered)
+    assert plan.message_kind == "response" and "already recorded" in plan.reason
+
+
+def test_automatic_mail_from_staff_is_a_note_not_a_response() -> None:
+    plan = staff_plan(parsed(subject="Out of office", from_addr="agent@ticketure.com"), candidate(),
+                      LoopVerdict(True, True, "Auto-Submitted: auto-replied"))
+    assert plan.message_kind == "note"
+
+
+def test_new_mail_from_staff_opens_a_ticket_as_anyone_else() -> None:
+    plan = staff_plan(parsed(subject="Client called: cart rule broken", from_addr="agent@ticketure.com"))
+    assert plan.outcome == Outcome.CREATED and plan.ack == "standard"
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "request_type", "rule", "due"),
+    [
+        ("Please change the fonts", "", RequestType.WEB_REFINEMENT, "web-refinement", timedelta(days=3)),
+        ("Hi", "We need a webhook for refunds", RequestType.API_REQUEST, "api-request", timedelta(days=3)),
+        ("Printer jammed", "", RequestType.STANDARD, None, timedelta(hours=24)),
+        # The urgency marker wins over every type rule, and keeps its 15 minutes.
+        ("URGENT: the API is down", "", RequestType.URGENT, None, timedelta(minutes=15)),
+    ],
+)
+def test_new_ticket_takes_the_type_rule(subject: str, body: str, request_type: RequestType, rule: str | None,
+                                        due: timedelta) -> None:
+    plan = staff_plan(parsed(subject=subject, body_text=body))
+    assert plan.new_ticket is not None
+    assert (plan.new_ticket.request_type, plan.new_ticket.type_rule) == (request_type, rule)
+    assert plan.new_ticket.due_at == THURSDAY + due

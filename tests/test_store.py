@@ -146,3 +146,28 @@ def test_thread_index_joins_only_same_sender_and_subject(store: Store) -> None:
                                     message_id="ti-2@example.com", headers=reply_header)) is None
     assert store.find_thread(parsed(subject="RE: Something else", message_id="ti-3@example.com",
                                     headers=reply_header)) is None
+
+
+def test_an_alert_is_recorded_once_per_ticket_stage_and_deadline(store: Store) -> None:
+    store.apply(plan_for(parsed(message_id="alert@example.com")), b"r", NOW, fake_ack)
+    [ticket] = store.tickets()
+    alert = OutgoingMail("alert-1@ticketure.com", "leads@ticketure.com", "", "[TKT-000001] due", b"Subject: a\r\n\r\nx\r\n")
+    assert store.record_alert(ticket.id, "breached", ticket.due_at, alert, NOW)
+    again = OutgoingMail("alert-2@ticketure.com", "leads@ticketure.com", "", "[TKT-000001] due", b"Subject: a\r\n\r\nx\r\n")
+    # A second daemon, or a run that raced this one: refused whole, its mail not queued.
+    assert not store.record_alert(ticket.id, "breached", ticket.due_at, again, NOW)
+    assert [i.message_id for i in store.due_outbox(NOW) if i.kind == "alert"] == ["alert-1@ticketure.com"]
+    assert store.raised_alerts([ticket.id]) == {(ticket.id, "breached", ticket.due_at)}
+    # Alerted as breached for its deadline: nothing left to watch; a moved deadline is watched again.
+    assert store.unanswered_due_by(NOW + timedelta(days=30)) == []
+    assert store.record_alert(ticket.id, "breached", ticket.due_at + timedelta(hours=1), None, NOW)
+
+
+def test_find_tickets_filters(store: Store) -> None:
+    store.apply(plan_for(parsed(subject="Urgent: down", message_id="f1@example.com")), b"r", NOW, fake_ack)
+    store.apply(plan_for(parsed(subject="Printer", message_id="f2@example.com")), b"r", NOW, fake_ack)
+    later = NOW + timedelta(hours=2)
+    assert [t.reference for t in store.find_tickets(overdue_at=later)] == ["TKT-000001"]
+    assert [t.reference for t in store.find_tickets(priority=3)] == ["TKT-000002"]
+    assert [t.reference for t in store.find_tickets(request_type="urgent", status="open")] == ["TKT-000001"]
+    assert store.find_tickets(received_since=later) == []

@@ -11,23 +11,20 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
-from importlib import resources
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from .config import Settings
+from . import ack_templates
+from .config import WEEKDAY_NAMES, CalendarSettings, Settings, config_dir, parse_duration
+from .deadlines import Target, policy_from_settings
 from .loops import LOOP_HEADER
 from .model import Address, ParsedMail, Priority, RequestType
 from .subjects import reference_pattern, strip_reply_prefixes
 
 AckKind = Literal["standard", "urgent", "escalated"]
 
-PLACEHOLDERS = frozenset(
-    {
-        "greeting_name", "reference", "subject", "priority_label", "request_type_label", "due",
-        "phone_lines", "markers", "urgent_target", "support_name",
-    }
-)
+PLACEHOLDERS = ack_templates.PLACEHOLDERS
 PRIORITY_NAMES = {1: "Urgent", 2: "High", 3: "Normal", 4: "Low"}
 REQUEST_TYPE_LABELS = {
     RequestType.STANDARD: "Standard support",
@@ -56,6 +53,8 @@ class TicketFacts:
     priority: Priority
     request_type: RequestType
     due_at: datetime
+    # Whether staff set the priority; it decides which target the deadline was counted on.
+    triaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,17 +68,26 @@ class OutgoingMail:
     data: bytes
 
 
-def load_templates() -> dict[AckKind, string.Template]:
-    """The built-in acknowledgement texts, checked to use only known placeholders."""
-    templates: dict[AckKind, string.Template] = {}
-    for kind in ("standard", "urgent", "escalated"):
-        text = resources.files("ticketure_mail").joinpath("templates", f"{kind}.txt").read_text(encoding="utf-8")
-        template = string.Template(text)
-        unknown = set(template.get_identifiers()) - PLACEHOLDERS
-        if unknown or not template.is_valid():
-            raise ValueError(f"template {kind}.txt uses unknown placeholders: {sorted(unknown)}")
-        templates[kind] = template
-    return templates
+def load_templates(settings: Settings | None = None) -> dict[str, string.Template]:
+    """The acknowledgement texts the settings name (the built-in ones without settings), by
+    template name; raises ConfigError for a missing file or an unknown placeholder."""
+    if settings is None:
+        return ack_templates.load_templates({}, Path.cwd(), "<built-in>")
+    return ack_templates.load_templates(
+        {name: getattr(settings.templates, name) for name in ack_templates.TEMPLATE_NAMES},
+        config_dir(settings),
+        settings.source,
+    )
+
+
+def template_name(kind: AckKind, request_type: RequestType) -> str:
+    """Which text answers: urgency has its own two; any other acknowledgement speaks to the
+    request type (an urgent ticket's follow-up acknowledgement uses the standard text)."""
+    if kind != "standard":
+        return kind
+    if request_type == RequestType.URGENT:
+        return "standard"
+    return request_type.value
 
 
 def new_message_id(domain: str) -> str:
@@ -118,13 +126,15 @@ def build_acknowledgement(
     mail: ParsedMail,
     recipient: Address,
     settings: Settings,
-    templates: dict[AckKind, string.Template],
+    templates: dict[str, string.Template],
     message_id: str,
     now: datetime,
 ) -> OutgoingMail:
     """The acknowledgement for one ticket, answering one inbound message."""
     subject = ack_subject(facts.reference, facts.subject, settings.support.reference_prefix)
-    body = templates[kind].substitute(_placeholder_values(facts, recipient, settings))
+    body = templates[template_name(kind, facts.request_type)].substitute(
+        _placeholder_values(facts, recipient, settings)
+    )
 
     needs_utf8 = not recipient.address.isascii()
     msg = EmailMessage(policy=_UTF8_POLICY if needs_utf8 else _ASCII_POLICY)
@@ -167,6 +177,7 @@ def ack_subject(reference: str, subject: str, prefix: str) -> str:
 def _placeholder_values(facts: TicketFacts, recipient: Address, settings: Settings) -> dict[str, str]:
     zone = ZoneInfo(settings.calendar.timezone)
     markers = settings.urgency.markers
+    target = policy_from_settings(settings).target_for(facts.priority, facts.request_type, triaged=facts.triaged)
     return {
         "greeting_name": _one_line(recipient.name)[:_MAX_DISPLAY_NAME] or "there",
         "reference": facts.reference,
@@ -176,9 +187,53 @@ def _placeholder_values(facts: TicketFacts, recipient: Address, settings: Settin
         "due": format_due(facts.due_at, zone),
         "phone_lines": "\n".join(f"  {p.label}: {p.number}" for p in settings.escalation.phones),
         "markers": _one_of(markers),
-        "urgent_target": format_duration(timedelta(minutes=settings.targets.priority_1_minutes)),
+        "urgent_target": format_duration(parse_duration(settings.targets.priority_1.within)),
+        "target": describe_target(target, settings.calendar),
+        "business_hours": describe_calendar(settings.calendar),
         "support_name": settings.support.name,
     }
+
+
+def describe_target(target: Target, calendar: CalendarSettings) -> str:
+    """"15 minutes, around the clock" or "24 hours of business time (Monday to Friday ...)"."""
+    if target.clock == "24x7":
+        return f"{format_duration(target.duration)}, around the clock"
+    # Open hours, never days: "1 day of business time" would read as one working day.
+    hours, minutes = divmod(int(target.duration.total_seconds() // 60), 60)
+    parts = [f"{hours} hour{'s' if hours != 1 else ''}" if hours else "", f"{minutes} minutes" if minutes else ""]
+    amount = " ".join(p for p in parts if p)
+    return f"{amount} of business time ({describe_calendar(calendar)})"
+
+
+def describe_calendar(calendar: CalendarSettings) -> str:
+    """When the business clock runs, in words: days, hours, zone and holidays."""
+    days = [d for d in WEEKDAY_NAMES if d in calendar.working_days]
+    hours = {d: _hours_text(getattr(calendar.opening_hours, d)) for d in days}
+    if len(set(hours.values())) == 1:
+        text = f"{_day_span(days)}, {next(iter(hours.values()))}"
+    else:
+        text = ", ".join(f"{_DAY_WORDS[d]} {h}" for d, h in hours.items())
+    text += f", {calendar.timezone} time"
+    if calendar.holidays or calendar.holiday_country:
+        text += ", except holidays"
+    return text
+
+
+_DAY_WORDS = dict(zip(WEEKDAY_NAMES, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")))
+
+
+def _hours_text(times: tuple[str, ...]) -> str:
+    if not times:
+        return "all day"
+    return " and ".join(f"{a}-{b}" for a, b in zip(times[0::2], times[1::2]))
+
+
+def _day_span(days: list[str]) -> str:
+    indexes = [WEEKDAY_NAMES.index(d) for d in days]
+    if len(days) > 2 and indexes == list(range(indexes[0], indexes[-1] + 1)):
+        return f"{_DAY_WORDS[days[0]]} to {_DAY_WORDS[days[-1]]}"
+    words = [_DAY_WORDS[d] for d in days]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _one_of(words: tuple[str, ...]) -> str:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .clock import Clock, SystemClock
 from .config import Settings, read_secret
 from .delivery import OutboxDelivery, Sender
-from .imap_inbox import ImapInbox
+from .idle import IdleWatcher
+from .imap_inbox import ImapClientFactory, ImapInbox
 from .pipeline import Processor
 from .poller import Poller
 from .smtp_sender import SmtpSender
 from .store import Store
+from .watcher import DeadlineWatcher
 
 
 @dataclass
@@ -24,10 +27,19 @@ class App:
     stop: threading.Event = field(default_factory=threading.Event)
     _sender: Sender | None = None
     _poller: Poller | None = None
+    _imap_client: ImapClientFactory | None = None
 
     def inbox(self) -> ImapInbox:
         """A new, unconnected IMAP inbox; reading the password may raise ConfigError."""
-        return ImapInbox(self.settings.imap, read_secret(self.settings, "imap"))
+        return ImapInbox(self.settings.imap, read_secret(self.settings, "imap"), self._imap_client)
+
+    def idle_watcher(self, wake: Callable[[str], None]) -> IdleWatcher:
+        """Waits for new mail with IDLE on a read-only connection of its own and calls ``wake``."""
+
+        def watching_inbox() -> ImapInbox:
+            return ImapInbox(self.settings.imap, read_secret(self.settings, "imap"), self._imap_client, read_only=True)
+
+        return IdleWatcher(watching_inbox, wake, self.settings.imap, self.stop)
 
     def sender(self) -> Sender:
         if self._sender is None:
@@ -35,7 +47,11 @@ class App:
         return self._sender
 
     def delivery(self) -> OutboxDelivery:
-        return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox)
+        return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox, stop=self.stop)
+
+    def watcher(self) -> DeadlineWatcher:
+        """The deadline watcher: raises due-soon and breached alerts into the outbox."""
+        return DeadlineWatcher(self.store, self.settings, self.clock)
 
     def poller(self) -> Poller:
         """The one poller of this app; it keeps its IMAP connection between cycles."""
@@ -52,8 +68,12 @@ class App:
         self.store.close()
 
 
-def build_app(settings: Settings, clock: Clock | None = None, sender: Sender | None = None) -> App:
-    """Everything wired from settings; ``clock`` and ``sender`` may be replaced (tests, replays)."""
+def build_app(
+    settings: Settings, clock: Clock | None = None, sender: Sender | None = None,
+    imap_client: ImapClientFactory | None = None,
+) -> App:
+    """Everything wired from settings; ``clock``, ``sender`` and the IMAP client may be replaced
+    (tests, replays)."""
     from datetime import timedelta
 
     clock = clock or SystemClock()
@@ -63,4 +83,5 @@ def build_app(settings: Settings, clock: Clock | None = None, sender: Sender | N
         give_up_after=timedelta(hours=settings.outbox.give_up_after_hours),
     )
     store.create_schema()
-    return App(settings=settings, clock=clock, store=store, processor=Processor(store, settings, clock), _sender=sender)
+    return App(settings=settings, clock=clock, store=store, processor=Processor(store, settings, clock), _sender=sender,
+               _imap_client=imap_client)

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .acknowledgement import PRIORITY_NAMES, format_due
 from .app import App, build_app
-from .clock import SystemClock, as_utc
+from .clock import Clock, SystemClock, as_utc
 from .config import CONFIG_ENV_VAR, find_config_path, load_settings, read_secret
 from .decisions import Source
 from .errors import ConfigError, ImapError, TicketureError
 from .imap_inbox import ImapInbox
-from .model import Outcome
+from .explain import explain, format_explanation
+from .model import Outcome, Priority, RequestType
 from .pipeline import StorageUnavailable
+from .reporting import TicketTimes, build_report, format_report
 from .smtp_sender import SmtpSender, SmtpUnavailable
+from .tables import TicketRow
+from .triage import SETTABLE_TYPES, NoSuchTicket, TriageRefused, close, record_response, set_priority, set_type
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -55,13 +60,47 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print one JSON object")
     ingest.add_argument("--received-at", metavar="ISO8601", help="the arrival time (default: now)")
 
-    tickets = sub.add_parser("tickets", help="show stored tickets")
+    tickets = sub.add_parser("tickets", help="show stored tickets and triage them")
     tsub = tickets.add_subparsers(dest="tickets_command", required=True, metavar="ACTION")
-    tlist = tsub.add_parser("list", help="every ticket, one line each")
+    tlist = tsub.add_parser("list", help="tickets, one line each; the filters combine")
     tlist.add_argument("--json", action="store_true")
-    tshow = tsub.add_parser("show", help="one ticket with its messages")
+    tlist.add_argument("--overdue", action="store_true",
+                       help="only open tickets past their deadline with no first response")
+    tlist.add_argument("--priority", type=int, choices=[1, 2, 3, 4], metavar="N", help="only priority N (1-4)")
+    tlist.add_argument("--type", choices=[t.value for t in RequestType], metavar="TYPE",
+                       help=f"only this request type ({', '.join(t.value for t in RequestType)})")
+    tlist.add_argument("--status", choices=["open", "closed"], help="only open or only closed tickets")
+    tshow = tsub.add_parser("show", help="one ticket with its messages and history")
     tshow.add_argument("reference")
     tshow.add_argument("--json", action="store_true")
+    by_help = "who made the change (default: the operating-system user)"
+    tprio = tsub.add_parser("set-priority", help="decide the priority; the deadline is counted again from the arrival")
+    tprio.add_argument("reference")
+    tprio.add_argument("priority", type=int, choices=[1, 2, 3, 4], metavar="N",
+                       help="1 Urgent, 2 High, 3 Normal, 4 Low")
+    tprio.add_argument("--by", metavar="NAME", help=by_help)
+    ttype = tsub.add_parser("set-type", help="correct the request type")
+    ttype.add_argument("reference")
+    ttype.add_argument("type", choices=SETTABLE_TYPES, metavar="TYPE", help=", ".join(SETTABLE_TYPES))
+    ttype.add_argument("--by", metavar="NAME", help=by_help)
+    tresp = tsub.add_parser("respond", help="record a first response given another way (phone, chat): stops the clock")
+    tresp.add_argument("reference")
+    tresp.add_argument("--by", metavar="NAME", help=by_help)
+    tresp.add_argument("--at", metavar="ISO8601", help="when it was given (default: now)")
+    tclose = tsub.add_parser("close", help="close a ticket: no more deadline alerts")
+    tclose.add_argument("reference")
+    tclose.add_argument("--by", metavar="NAME", help=by_help)
+
+    report = sub.add_parser("report", help="first responses per priority and request type: met, median, p90, overdue")
+    report.add_argument("--since", metavar="DATE", help="only tickets received since this date (calendar time zone) "
+                        "or ISO 8601 time; default: all")
+    report.add_argument("--json", action="store_true")
+
+    explain_cmd = sub.add_parser("explain",
+                                 help="what the daemon would do with a message, and why; stores and sends nothing")
+    explain_cmd.add_argument("file", metavar="FILE.eml|-", help="the raw RFC 5322 message; - reads standard input")
+    explain_cmd.add_argument("--json", action="store_true")
+    explain_cmd.add_argument("--received-at", metavar="ISO8601", help="the arrival time (default: now)")
 
     outbox = sub.add_parser("outbox", help="mail waiting to be sent, or that failed")
     osub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
@@ -81,22 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
+    """Run one command; ``clock`` replaces the system clock (replays, tests)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "received_at", None):
-        try:
-            args.received_at = _parse_time(args.received_at)
-        except ValueError as exc:
-            parser.error(f"--received-at: {exc}")
+    for option in ("received_at", "at"):
+        if getattr(args, option, None):
+            try:
+                setattr(args, option, _parse_time(getattr(args, option)))
+            except ValueError as exc:
+                parser.error(f"--{option.replace('_', '-')}: {exc}")
     _configure_logging(args.log_level)
     path = find_config_path(args.config)
     try:
         settings = load_settings(path)
         if args.command == "check-config":
             return _check_config(settings)
-        app = build_app(settings, SystemClock())
+        app = build_app(settings, clock or SystemClock())
         try:
+            if getattr(args, "since", None):
+                try:
+                    args.since = _parse_since(args.since, settings.timezone)
+                except ValueError as exc:
+                    parser.error(f"--since: {exc}")
             return _dispatch(app, args)
         finally:
             app.close()
@@ -126,6 +172,10 @@ def _dispatch(app: App, args: argparse.Namespace) -> int:
         return _outbox(app, args)
     if args.command == "quarantine":
         return _quarantine(app, args)
+    if args.command == "report":
+        return _report(app, args)
+    if args.command == "explain":
+        return _explain(app, args)
     raise AssertionError(args.command)  # pragma: no cover - argparse allows no other
 
 
@@ -141,6 +191,14 @@ def _poll_once(app: App) -> int:
         f"sent {d.sent}, retrying {d.retrying}, failed {d.failed}"
     )
     problems = [p for p in (report.imap_error, report.storage_error, *(d.errors[:1] if d.unavailable else [])) if p]
+    # Deadlines are checked after the mail is in (a staff reply just read stops a clock), and
+    # the alerts raised go out in this same run.
+    watch = app.watcher().run()
+    if watch.raised:
+        sent = app.delivery().deliver_due()
+        print(f"deadline alerts: {watch.due_soon} due soon, {watch.breached} breached; sent {sent.sent}")
+    if watch.error:
+        problems.append(watch.error)
     for problem in problems:
         print(f"ticketure-mail: {problem}", file=sys.stderr)
     return EXIT_FAILURE if problems else EXIT_OK
@@ -170,24 +228,34 @@ def _ingest(app: App, args: argparse.Namespace) -> int:
 
 def _tickets(app: App, args: argparse.Namespace) -> int:
     zone = app.settings.timezone
+    now = app.clock.now()
     if args.tickets_command == "list":
-        rows = app.store.tickets()
+        rows = app.store.find_tickets(
+            status=args.status,
+            priority=args.priority,
+            request_type=args.type,
+            overdue_at=now if args.overdue else None,
+        )
         if args.json:
-            print(json.dumps([_ticket_json(t) for t in rows], ensure_ascii=False, indent=2))
+            print(json.dumps([_ticket_json(t, now) for t in rows], ensure_ascii=False, indent=2))
             return EXIT_OK
         if not rows:
-            print("no tickets")
+            print("no tickets" + (" match" if args.status or args.priority or args.type or args.overdue else ""))
         for t in rows:
-            print(f"{t.reference}  P{t.priority}  {t.status:<6}  due {format_due(t.due_at, zone)}  "
-                  f"{t.requester}  {t.subject or '(no subject)'}")
+            print(f"{t.reference}  P{t.priority}  {t.request_type:<16}  {t.status:<6}  {_clock_state(t, now):<9}  "
+                  f"due {format_due(t.due_at, zone)}  {t.requester}  {t.subject or '(no subject)'}")
         return EXIT_OK
+    if args.tickets_command != "show":
+        return _triage(app, args, now)
     ticket = app.store.ticket(args.reference)
     if ticket is None or ticket.id is None:
         print(f"ticketure-mail: no ticket {args.reference}", file=sys.stderr)
         return EXIT_FAILURE
     messages = app.store.ticket_messages(ticket.id)
+    events = app.store.ticket_events(ticket.id)
     if args.json:
-        data = _ticket_json(ticket)
+        data = _ticket_json(ticket, now)
+        data["history"] = [{"at": _iso(e.at), "by": e.by, "action": e.action, "detail": e.detail} for e in events]
         data["messages"] = [
             {
                 "direction": m.direction,
@@ -208,10 +276,18 @@ def _tickets(app: App, args: argparse.Namespace) -> int:
     requester = f"{ticket.requester_name} <{ticket.requester}>" if ticket.requester_name else ticket.requester
     print(f"  requester:    {requester}")
     print(f"  priority:     {ticket.priority} ({PRIORITY_NAMES[ticket.priority]})")
-    print(f"  request type: {ticket.request_type}")
-    print(f"  status:       {ticket.status}")
+    if ticket.priority_set_at is not None:
+        print(f"                set by {ticket.priority_set_by} at {format_due(ticket.priority_set_at, zone)}")
+    rule = f" (rule {ticket.type_rule})" if ticket.type_rule else ""
+    print(f"  request type: {ticket.request_type}{rule}")
+    since = f" since {format_due(ticket.closed_at, zone)}" if ticket.closed_at else ""
+    print(f"  status:       {ticket.status}{since}")
     print(f"  received:     {format_due(ticket.received_at, zone)}")
-    print(f"  due:          {format_due(ticket.due_at, zone)}")
+    print(f"  due:          {format_due(ticket.due_at, zone)}  [{_clock_state(ticket, now)}]")
+    if ticket.first_response_at is not None:
+        print(f"  responded:    {format_due(ticket.first_response_at, zone)} by {ticket.first_response_by or '?'}")
+    for e in events:
+        print(f"  history:      {_iso(e.at)}  {e.action} by {e.by}: {e.detail}")
     print(f"  messages:     {len(messages)}")
     for m, files in messages:
         arrow = "<-" if m.direction == "inbound" else "->"
@@ -334,13 +410,101 @@ def _parse_time(text: str) -> datetime:
     return as_utc(value)
 
 
-def _ticket_json(t: Any) -> dict[str, Any]:
+def _ticket_json(t: TicketRow, now: datetime) -> dict[str, Any]:
     return {
         "reference": t.reference, "subject": t.subject, "requester": t.requester,
         "requester_name": t.requester_name, "priority": t.priority, "request_type": t.request_type,
-        "status": t.status, "urgency_marker": t.urgency_marker, "received_at": _iso(t.received_at),
-        "due_at": _iso(t.due_at), "created_at": _iso(t.created_at),
+        "type_rule": t.type_rule, "status": t.status, "urgency_marker": t.urgency_marker,
+        "received_at": _iso(t.received_at), "due_at": _iso(t.due_at), "created_at": _iso(t.created_at),
+        "priority_set_by": t.priority_set_by, "priority_set_at": _iso(t.priority_set_at),
+        "first_response_at": _iso(t.first_response_at), "first_response_by": t.first_response_by,
+        "closed_at": _iso(t.closed_at), "overdue": _clock_state(t, now) == "OVERDUE",
     }
+
+
+def _clock_state(t: TicketRow, now: datetime) -> str:
+    """Where the response clock stands: answered, stopped (closed unanswered), OVERDUE or running."""
+    if t.first_response_at is not None:
+        return "answered"
+    if t.status != "open":
+        return "stopped"
+    return "OVERDUE" if t.due_at < now else "running"
+
+
+def _triage(app: App, args: argparse.Namespace, now: datetime) -> int:
+    by = args.by or _os_user()
+    zone = app.settings.timezone
+    policy = app.processor.policy
+    try:
+        if args.tickets_command == "set-priority":
+            done = set_priority(app.store, policy, args.reference, Priority(args.priority), by, now)
+            said = f"priority {done.ticket.priority}, due {format_due(done.ticket.due_at, zone)}"
+        elif args.tickets_command == "set-type":
+            done = set_type(app.store, policy, args.reference, RequestType(args.type), by, now)
+            said = f"request type {done.ticket.request_type}, due {format_due(done.ticket.due_at, zone)}"
+        elif args.tickets_command == "respond":
+            done = record_response(app.store, args.reference, by, args.at or now, now)
+            assert done.ticket.first_response_at is not None
+            responded = format_due(done.ticket.first_response_at, zone)
+            said = f"first response {responded} by {done.ticket.first_response_by}"
+        else:
+            done = close(app.store, args.reference, by, now)
+            said = "closed"
+    except NoSuchTicket:
+        print(f"ticketure-mail: no ticket {args.reference}", file=sys.stderr)
+        return EXIT_FAILURE
+    except TriageRefused as exc:
+        print(f"ticketure-mail: {args.reference}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{done.ticket.reference}: {said}" + ("" if done.changed else " (unchanged)"))
+    return EXIT_OK
+
+
+def _report(app: App, args: argparse.Namespace) -> int:
+    now = app.clock.now()
+    rows = app.store.find_tickets(received_since=args.since)
+    report = build_report(
+        (TicketTimes(t.priority, t.request_type, t.received_at, t.due_at, t.first_response_at, t.status) for t in rows),
+        now,
+    )
+    if args.json:
+        print(json.dumps({
+            "since": _iso(args.since), "as_of": _iso(now), "total": report.total.as_json(),
+            "by_priority": [g.as_json() for g in report.by_priority],
+            "by_type": [g.as_json() for g in report.by_type],
+        }, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    zone = app.settings.timezone
+    since = f"received since {format_due(args.since, zone)}" if args.since else "all tickets"
+    print(format_report(report, f"First responses, {since}; as of {format_due(now, zone)}"))
+    return EXIT_OK
+
+
+def _explain(app: App, args: argparse.Namespace) -> int:
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    now = app.clock.now()
+    found = explain(app.processor, raw, args.received_at or now, now)
+    if args.json:
+        print(json.dumps(found.as_json(), ensure_ascii=False, indent=2))
+    else:
+        print(format_explanation(found))
+    return EXIT_OK
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return "unknown"
+
+
+def _parse_since(text: str, zone: Any) -> datetime:
+    """A date is the start of that day in the calendar's time zone; a time needs its zone."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return _parse_time(text)
+    return as_utc(datetime.combine(day, time(0, 0), tzinfo=zone))
 
 
 def _iso(value: datetime | None) -> str | None:

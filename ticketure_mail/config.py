@@ -9,11 +9,13 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from datetime import date
+from collections.abc import Callable
+from datetime import date, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .ack_templates import load_templates
 from .errors import ConfigError
 
 CONFIG_ENV_VAR = "TICKETURE_MAIL_CONFIG"
@@ -22,6 +24,10 @@ DEFAULT_CONFIG_PATH = "config.toml"
 TlsMode = Literal["ssl", "starttls", "none"]
 ProcessedAction = Literal["seen", "move"]
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+ClockName = Literal["24x7", "business"]
+# The request types a rule may give; urgent comes from the urgency marker alone.
+RuleType = Literal["standard", "web_refinement", "product_feedback", "api_request"]
+LookIn = Literal["subject", "body"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class ImapSettings:
     max_message_bytes: int = 26_214_400
     connect_timeout_seconds: float = 15.0
     read_timeout_seconds: float = 60.0
+    # Wait for new mail with IMAP IDLE between polls (when the server offers it).
+    idle: bool = True
+    # Leave and re-enter IDLE this often, to find connections dropped without a goodbye.
+    idle_refresh_minutes: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -92,12 +102,43 @@ class UrgencySettings:
 
 
 @dataclass(frozen=True)
+class TargetSetting:
+    """A first-response target: a duration ("15m", "24h", "3d") and the clock it runs on."""
+
+    within: str
+    # No default: a target that silently changed clock when one key was left out would break a promise.
+    clock: ClockName
+
+
+@dataclass(frozen=True)
 class TargetSettings:
-    priority_1_minutes: int = 15
-    priority_2_minutes: int = 60
-    priority_3_minutes: int = 4320
-    priority_4_minutes: int = 10080
-    standard_support_business_hours: int = 24
+    """Targets per priority and per request type (urgent requests follow priority 1).
+
+    Before triage a ticket is held to its request type's target; once the urgency marker or
+    staff set its priority, to that priority's target (see deadlines.ServicePolicy.target_for).
+    """
+
+    priority_1: TargetSetting = TargetSetting("15m", "24x7")
+    priority_2: TargetSetting = TargetSetting("1h", "24x7")
+    priority_3: TargetSetting = TargetSetting("3d", "24x7")
+    priority_4: TargetSetting = TargetSetting("7d", "24x7")
+    standard: TargetSetting = TargetSetting("24h", "business")
+    web_refinement: TargetSetting = TargetSetting("3d", "24x7")
+    product_feedback: TargetSetting = TargetSetting("3d", "24x7")
+    api_request: TargetSetting = TargetSetting("3d", "24x7")
+
+
+@dataclass(frozen=True)
+class OpeningHours:
+    """Local opening and closing times per weekday, as "HH:MM" pairs; () is open all day."""
+
+    mon: tuple[str, ...] = ()
+    tue: tuple[str, ...] = ()
+    wed: tuple[str, ...] = ()
+    thu: tuple[str, ...] = ()
+    fri: tuple[str, ...] = ()
+    sat: tuple[str, ...] = ()
+    sun: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +146,87 @@ class CalendarSettings:
     timezone: str = "UTC"
     working_days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
     holidays: tuple[date, ...] = ()
+    # ISO 3166 code whose public holidays (from the holidays package) also stop the clock; "" for none.
+    holiday_country: str = ""
+    holiday_subdivision: str = ""
+    opening_hours: OpeningHours = field(default_factory=OpeningHours)
+
+
+@dataclass(frozen=True)
+class TypeRule:
+    """Words or phrases that make a new message a request of one type; see request_types.py."""
+
+    name: str
+    type: RuleType
+    words: tuple[str, ...]
+    look_in: tuple[LookIn, ...] = ("subject", "body")
+
+
+DEFAULT_TYPE_RULES = (
+    TypeRule("standard-support", "standard", ("cart rule", "cart rules", "checkout rule", "checkout rules", "Kibana")),
+    TypeRule(
+        "api-request",
+        "api_request",
+        ("API request", "API access", "API key", "API keys", "integration", "integrations", "integrate",
+         "webhook", "webhooks", "endpoint", "endpoints", "technical implementation"),
+    ),
+    TypeRule(
+        "web-refinement",
+        "web_refinement",
+        ("website text", "website copy", "copy change", "wording", "typo", "typos", "font", "fonts", "styling",
+         "stylesheet", "CSS", "colour", "colours", "color", "colors", "design change", "minor design"),
+    ),
+    TypeRule(
+        "product-feedback",
+        "product_feedback",
+        ("bug", "bugs", "feature request", "product feedback", "suggestion", "suggestions"),
+    ),
+    # Short product names are looked for in the subject only: they turn up in signatures and footers.
+    TypeRule("platform-part", "product_feedback", ("CRM", "CMS", "POS", "point of sale"), ("subject",)),
+)
+
+
+@dataclass(frozen=True)
+class RequestTypeSettings:
+    # Tried in order; the first rule with a word in the places it looks wins; none: standard support.
+    rules: tuple[TypeRule, ...] = DEFAULT_TYPE_RULES
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    """Files holding acknowledgement texts; "" is the built-in text of the same name."""
+
+    standard: str = ""
+    web_refinement: str = ""
+    product_feedback: str = ""
+    api_request: str = ""
+    urgent: str = ""
+    escalated: str = ""
+
+
+@dataclass(frozen=True)
+class StaffSettings:
+    # Mail from these addresses, or from these domains and their subdomains, is from staff.
+    addresses: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DueSoonSettings:
+    """How long before its deadline a ticket counts as due soon, per priority (real time)."""
+
+    priority_1: str = "5m"
+    priority_2: str = "15m"
+    priority_3: str = "4h"
+    priority_4: str = "1d"
+
+
+@dataclass(frozen=True)
+class WatcherSettings:
+    # Where deadline alerts go; "" writes them to the log only.
+    alert_address: str = ""
+    interval_seconds: int = 60
+    due_soon_before: DueSoonSettings = field(default_factory=DueSoonSettings)
 
 
 @dataclass(frozen=True)
@@ -159,6 +281,10 @@ class Settings:
     escalation: EscalationSettings = field(default_factory=EscalationSettings)
     acknowledgement: AcknowledgementSettings = field(default_factory=AcknowledgementSettings)
     threading: ThreadingSettings = field(default_factory=ThreadingSettings)
+    request_types: RequestTypeSettings = field(default_factory=RequestTypeSettings)
+    templates: TemplateSettings = field(default_factory=TemplateSettings)
+    staff: StaffSettings = field(default_factory=StaffSettings)
+    watcher: WatcherSettings = field(default_factory=WatcherSettings)
     # Where the settings came from, so later errors (a missing secret) can name the file.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -220,7 +346,9 @@ def read_secret(settings: Settings, section: Literal["imap", "smtp"]) -> str:
             return Path(part.password_file).read_text(encoding="utf-8").strip("\r\n")
         except OSError as exc:
             raise ConfigError(
-                settings.source, f"{section}.password_file", f"cannot read {part.password_file}: {exc.strerror}"
+                settings.source,
+                f"{section}.password_file",
+                f"cannot read {part.password_file}: {exc.strerror}",
             ) from None
     return ""
 
@@ -330,11 +458,13 @@ def _check_semantics(settings: Settings) -> None:
     need(settings.imap.max_message_bytes >= 1024, "imap.max_message_bytes", "must be at least 1024")
     need(settings.imap.connect_timeout_seconds > 0, "imap.connect_timeout_seconds", "must be positive")
     need(settings.imap.read_timeout_seconds > 0, "imap.read_timeout_seconds", "must be positive")
+    # RFC 2177: servers may drop an IDLE after 30 minutes, so it must be renewed before that.
+    need(0 < settings.imap.idle_refresh_minutes <= 29, "imap.idle_refresh_minutes", "must be above 0 and at most 29")
     need(settings.smtp.timeout_seconds > 0, "smtp.timeout_seconds", "must be positive")
     need(
         settings.imap.processed_action != "move" or bool(settings.imap.processed_folder),
         "imap.processed_folder",
-        "must name a folder when processed_action is \"move\"",
+        'must name a folder when processed_action is "move"',
     )
     need(bool(_ADDRESS.match(settings.support.address)), "support.address", "must be an email address")
     need(bool(_ADDRESS.match(settings.smtp.from_address)), "smtp.from_address", "must be an email address")
@@ -355,22 +485,131 @@ def _check_semantics(settings: Settings) -> None:
     need(bool(settings.urgency.markers), "urgency.markers", "must name at least one marker")
     for i, marker in enumerate(settings.urgency.markers):
         need(bool(marker.strip()), f"urgency.markers[{i}]", "must not be empty")
-    for name in ("priority_1_minutes", "priority_2_minutes", "priority_3_minutes", "priority_4_minutes"):
-        need(getattr(settings.targets, name) >= 1, f"targets.{name}", "must be at least 1")
-    need(
-        settings.targets.standard_support_business_hours >= 1,
-        "targets.standard_support_business_hours",
-        "must be at least 1",
-    )
     try:
         ZoneInfo(settings.calendar.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(src, "calendar.timezone", f"unknown time zone {settings.calendar.timezone!r}") from None
+        raise ConfigError(
+            src, "calendar.timezone", f"unknown time zone {settings.calendar.timezone!r}"
+        ) from None
     need(bool(settings.calendar.working_days), "calendar.working_days", "must name at least one day")
     for i, day in enumerate(settings.calendar.working_days):
-        need(day in WEEKDAY_NAMES, f"calendar.working_days[{i}]", f"must be one of {', '.join(WEEKDAY_NAMES)}")
+        need(
+            day in WEEKDAY_NAMES, f"calendar.working_days[{i}]", f"must be one of {', '.join(WEEKDAY_NAMES)}"
+        )
     for i, limit in enumerate(settings.acknowledgement.rate_limits):
-        need(limit.acknowledgements >= 1, f"acknowledgement.rate_limits[{i}].acknowledgements", "must be at least 1")
+        need(
+            limit.acknowledgements >= 1,
+            f"acknowledgement.rate_limits[{i}].acknowledgements",
+            "must be at least 1",
+        )
         need(limit.minutes >= 1, f"acknowledgement.rate_limits[{i}].minutes", "must be at least 1")
     for i, phone in enumerate(settings.escalation.phones):
         need(bool(phone.number.strip()), f"escalation.phones[{i}].number", "must not be empty")
+    _check_policy(settings, need)
+
+
+def parse_duration(text: str) -> timedelta:
+    """"15m", "1h", "1h30m", "24h", "3d" (a day is 24 hours); raises ValueError."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None or not any(match.groups()):
+        raise ValueError(f'must be a duration such as "15m", "1h", "24h" or "3d", not {text!r}')
+    days, hours, minutes = (int(g) if g else 0 for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes)
+
+
+def parse_clock_time(text: str) -> time | None:
+    """"09:00" as a time; "24:00" (the end of the day) as None; raises ValueError."""
+    match = re.fullmatch(r"([01]\d|2[0-4]):([0-5]\d)", text.strip())
+    if match is None or (match.group(1) == "24" and match.group(2) != "00"):
+        raise ValueError(f'must be a local time "HH:MM" from "00:00" to "24:00", not {text!r}')
+    if match.group(1) == "24":
+        return None
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def config_dir(settings: Settings) -> Path:
+    """The folder relative file names in the config are taken from: the config file's own."""
+    if settings.source.startswith("<"):
+        return Path.cwd()
+    return Path(settings.source).resolve().parent
+
+
+_DURATION = re.compile(r"(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?")
+
+
+def _check_policy(settings: Settings, need: Callable[[bool, str, str], None]) -> None:
+    """The service-level policy: targets, calendar, request type rules, templates, staff, watcher."""
+    src = settings.source
+    for fld in dataclasses.fields(TargetSettings):
+        target: TargetSetting = getattr(settings.targets, fld.name)
+        key = f"targets.{fld.name}.within"
+        duration = _duration_or_error(src, key, target.within)
+        need(duration >= timedelta(minutes=1), key, "must be at least one minute")
+        # Days on the business clock would be ambiguous (24 open hours, or one working day?).
+        need(
+            target.clock != "business" or "d" not in target.within.lower(),
+            key,
+            'on the business clock a target counts open hours: write hours, e.g. "24h"',
+        )
+    cal = settings.calendar
+    for day in WEEKDAY_NAMES:
+        key = f"calendar.opening_hours.{day}"
+        times = getattr(cal.opening_hours, day)
+        if not times:
+            continue
+        need(day in cal.working_days, key, f"{day} is not one of calendar.working_days")
+        need(len(times) % 2 == 0, key, 'must be pairs of opening and closing times, e.g. ["09:00", "17:30"]')
+        minutes = []
+        for i, text in enumerate(times):
+            try:
+                parsed = parse_clock_time(text)
+            except ValueError as exc:
+                raise ConfigError(src, f"{key}[{i}]", str(exc)) from None
+            minutes.append(24 * 60 if parsed is None else parsed.hour * 60 + parsed.minute)
+        need(all(a < b for a, b in zip(minutes, minutes[1:])), key, "times must rise through the day")
+    need(not (cal.holiday_subdivision and not cal.holiday_country), "calendar.holiday_subdivision",
+         "needs calendar.holiday_country")
+    if cal.holiday_country:
+        # Imported only when asked for: the holidays package takes a tenth of a second to load.
+        from .public_holidays import region_problem
+
+        problem = region_problem(cal.holiday_country, cal.holiday_subdivision)
+        subdivision = problem.startswith("unknown subdivision")
+        key = "calendar.holiday_subdivision" if subdivision else "calendar.holiday_country"
+        need(not problem, key, problem)
+    names: set[str] = set()
+    for i, rule in enumerate(settings.request_types.rules):
+        key = f"request_types.rules[{i}]"
+        need(bool(rule.name.strip()), f"{key}.name", "must not be empty")
+        need(rule.name not in names, f"{key}.name", f"another rule is already called {rule.name!r}")
+        names.add(rule.name)
+        need(bool(rule.words), f"{key}.words", "must name at least one word or phrase")
+        for j, word in enumerate(rule.words):
+            need(bool(word.strip()), f"{key}.words[{j}]", "must not be empty")
+        need(bool(rule.look_in), f"{key}.look_in", 'must name "subject", "body" or both')
+    for i, address in enumerate(settings.staff.addresses):
+        need(bool(_ADDRESS.match(address)), f"staff.addresses[{i}]", f"must be an email address, not {address!r}")
+    for i, domain in enumerate(settings.staff.domains):
+        need(
+            bool(re.fullmatch(r"[^@\s]+\.[^@\s]+", domain.strip(". "))),
+            f"staff.domains[{i}]",
+            f"must be a domain such as \"ticketure.com\", not {domain!r}",
+        )
+    watcher = settings.watcher
+    need(
+        watcher.alert_address == "" or bool(_ADDRESS.match(watcher.alert_address)),
+        "watcher.alert_address",
+        "must be empty (alerts only logged) or an email address",
+    )
+    need(watcher.interval_seconds >= 1, "watcher.interval_seconds", "must be at least 1")
+    for fld in dataclasses.fields(DueSoonSettings):
+        _duration_or_error(src, f"watcher.due_soon_before.{fld.name}", getattr(watcher.due_soon_before, fld.name))
+    # Read now, so that a template naming an unknown placeholder stops start-up, not a mail.
+    load_templates(dataclasses.asdict(settings.templates), config_dir(settings), src)
+
+
+def _duration_or_error(src: str, key: str, text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(src, key, str(exc)) from None

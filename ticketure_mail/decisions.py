@@ -30,10 +30,13 @@ from .acknowledgement import AckKind, reply_recipient
 from .deadlines import ServicePolicy, due_at
 from .loops import LoopVerdict
 from .model import Address, Outcome, ParsedMail, Priority, RequestType
+from .request_types import STANDARD, TypeMatch, TypeRules
+from .staff import NO_STAFF, StaffDirectory
 from .subjects import strip_reply_prefixes
 from .urgency import UrgencyRule
 
-MessageKind = Literal["request", "followup", "note"]
+# "response": a reply from staff, which stops the ticket's response clock.
+MessageKind = Literal["request", "followup", "note", "response"]
 MatchedBy = Literal["in-reply-to", "references", "thread-index", "subject-reference", "delivery-report"]
 
 # Outlook's Thread-Index starts with a 22-byte block shared by every message of a conversation.
@@ -66,6 +69,7 @@ class ThreadCandidate:
     requester: str
     participants: frozenset[str]
     matched_by: MatchedBy
+    first_response_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class Classification:
     priority: Priority
     request_type: RequestType
     urgency_marker: str | None
+    # Which type rule matched, and on which words; STANDARD when none did or the mail is urgent.
+    type_match: TypeMatch = STANDARD
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class NewTicket:
     request_type: RequestType
     urgency_marker: str | None
     due_at: datetime
+    type_rule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,12 +152,14 @@ def same_conversation_subject(a: str, b: str) -> bool:
     return " ".join(strip_reply_prefixes(a).casefold().split()) == " ".join(strip_reply_prefixes(b).casefold().split())
 
 
-def classify(mail: ParsedMail, urgency: UrgencyRule) -> Classification:
-    """A subject marker makes priority 1; anything else is a standard request until triage."""
+def classify(mail: ParsedMail, urgency: UrgencyRule, type_rules: TypeRules | None = None) -> Classification:
+    """A subject marker makes priority 1; anything else is priority 3 until triage, of the type
+    the first matching rule gives (standard support when none does)."""
     marker = urgency.find(mail.subject)
     if marker is not None:
         return Classification(Priority.URGENT, RequestType.URGENT, marker)
-    return Classification(Priority.NORMAL, RequestType.STANDARD, None)
+    match = type_rules.classify(mail.subject, mail.body_text) if type_rules is not None else STANDARD
+    return Classification(Priority.NORMAL, match.request_type, None, match)
 
 
 def requester_of(mail: ParsedMail) -> Address | None:
@@ -176,13 +185,15 @@ def decide(
     acknowledge_followups: bool,
     subject_reference_from: Literal["participants", "anyone"] = "participants",
     ack_limit: str = "",
+    type_rules: TypeRules | None = None,
+    staff: StaffDirectory = NO_STAFF,
 ) -> Plan:
     """The plan for one message that is not a duplicate.
 
     ``ack_limit`` is why one more acknowledgement to this sender would be too many ("" if not).
     """
     plan = _decide(mail, source, received_at, candidate, verdict, urgency, policy, acknowledge_followups,
-                   subject_reference_from)
+                   subject_reference_from, type_rules, staff)
     if plan.ack is not None and ack_limit:
         reason = "; ".join(p for p in (plan.reason, f"acknowledgement suppressed: {ack_limit}") if p)
         return replace(plan, ack=None, ack_recipient=None, ack_suppressed=ack_limit, reason=reason)
@@ -199,11 +210,17 @@ def _decide(
     policy: ServicePolicy,
     acknowledge_followups: bool,
     subject_reference_from: Literal["participants", "anyone"],
+    type_rules: TypeRules | None,
+    staff: StaffDirectory,
 ) -> Plan:
     key = dedupe_key(mail)
     base = dict(dedupe_key=key, mail=mail, received_at=received_at, source=source)
     requester = requester_of(mail)
-    joins = candidate is not None and (subject_reference_from == "anyone" or _may_join(candidate, requester))
+    # Staff answer tickets they never took part in, so a reference in the subject is enough for them.
+    from_staff = requester is not None and staff.is_staff(requester.address)
+    joins = candidate is not None and (
+        subject_reference_from == "anyone" or from_staff or _may_join(candidate, requester)
+    )
 
     if verdict.automatic:
         bounced = mail.reported_message_ids if mail.is_delivery_report else ()
@@ -220,6 +237,12 @@ def _decide(
     if "@" not in recipient.address:
         ack_blocked = ack_blocked or "no address to answer"
 
+    if joins and candidate is not None and from_staff:
+        # Staff answering: the client hears from them, not from us, and an "Urgent" in a
+        # quoted subject is not a request to escalate.
+        return Plan(Outcome.THREADED, _staff_reason(candidate), join_ticket=candidate, message_kind="response",
+                    **base)
+
     if joins and candidate is not None:
         marker = urgency.find(mail.subject)
         if marker is not None and candidate.priority != Priority.URGENT:
@@ -233,9 +256,10 @@ def _decide(
         return Plan(Outcome.THREADED, _reason("", ack_blocked), join_ticket=candidate, message_kind="followup",
                     ack=ack, ack_recipient=recipient if ack else None, **base)
 
-    found = classify(mail, urgency)
+    found = classify(mail, urgency, type_rules)
     deadline = due_at(received_at, policy.target_for(found.priority, found.request_type), policy.calendar)
-    ticket = NewTicket(mail.subject, requester, found.priority, found.request_type, found.urgency_marker, deadline)
+    ticket = NewTicket(mail.subject, requester, found.priority, found.request_type, found.urgency_marker, deadline,
+                       type_rule=found.type_match.rule)
     ack = None if ack_blocked else ("urgent" if found.priority == Priority.URGENT else "standard")
     return Plan(Outcome.CREATED, _reason("", ack_blocked), new_ticket=ticket, message_kind="request",
                 ack=ack, ack_recipient=recipient if ack else None, **base)
@@ -245,6 +269,12 @@ def _may_join(candidate: ThreadCandidate, requester: Address | None) -> bool:
     if candidate.matched_by != "subject-reference":
         return True
     return requester is not None and requester.address.lower() in candidate.participants
+
+
+def _staff_reason(candidate: ThreadCandidate) -> str:
+    if candidate.first_response_at is None:
+        return "reply from staff: first response recorded, no acknowledgement"
+    return "reply from staff (first response already recorded), no acknowledgement"
 
 
 def _reason(main: str, ack_blocked: str) -> str:

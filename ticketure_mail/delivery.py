@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -17,8 +19,12 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF = timedelta(hours=1)
 
 
+class SenderSession(Protocol):
+    def send(self, envelope: Envelope) -> SendResult: ...
+
+
 class Sender(Protocol):
-    def send_batch(self, envelopes: list[Envelope]) -> list[SendResult]: ...
+    def session(self) -> AbstractContextManager[SenderSession]: ...
 
 
 @dataclass
@@ -28,6 +34,13 @@ class DeliveryReport:
     failed: int = 0
     unavailable: bool = False
     errors: list[str] = field(default_factory=list)
+
+    def add(self, other: DeliveryReport) -> None:
+        self.sent += other.sent
+        self.retrying += other.retrying
+        self.failed += other.failed
+        self.unavailable = self.unavailable or other.unavailable
+        self.errors.extend(other.errors)
 
 
 def next_attempt(attempts_so_far: int, now: datetime, settings: OutboxSettings) -> datetime:
@@ -39,43 +52,55 @@ def next_attempt(attempts_so_far: int, now: datetime, settings: OutboxSettings) 
 class OutboxDelivery:
     """The step that turns pending outbox rows into sent, retrying or failed ones."""
 
-    def __init__(self, store: Store, sender: Sender, clock: Clock, settings: OutboxSettings, batch_size: int = 100):
+    def __init__(self, store: Store, sender: Sender, clock: Clock, settings: OutboxSettings, batch_size: int = 100,
+                 stop: threading.Event | None = None):
         self.store = store
         self.sender = sender
         self.clock = clock
         self.settings = settings
         self.batch_size = batch_size
+        # Set by a signal: the message in flight is finished and recorded, the rest wait.
+        self.stop = stop or threading.Event()
         self._outage_since: datetime | None = None
+        # The poll cycle, the sender thread and the deadline watcher may all ask for a run: two
+        # runs at once would read the same due rows and send them twice.
+        self._lock = threading.Lock()
 
     def deliver_due(self) -> DeliveryReport:
-        """Send every row that is due, batch by batch, until none is left or the relay is down."""
+        """Send every row that is due, over one SMTP connection, until none is left or the
+        relay is down. Each row is marked the moment its reply arrives, so a crash can repeat
+        at most the one message in flight."""
         report = DeliveryReport()
-        seen: set[int] = set()
-        while True:
-            now = self.clock.now()
-            items = [i for i in self.store.due_outbox(now, self.batch_size) if i.id not in seen]
-            if not items:
-                return report
-            seen.update(i.id for i in items)
-            if not self._deliver_batch(items, report):
-                return report
+        # A row handled in the last round and due again (a clock that does not move) is not
+        # tried twice in one run. Only the last round is remembered: a run through a large
+        # backlog keeps its memory flat.
+        previous: set[int] = set()
+        with self._lock, self.sender.session() as session:
+            while True:
+                due = self.store.due_outbox(self.clock.now(), self.batch_size)
+                items = [i for i in due if i.id not in previous]
+                if not items:
+                    return report
+                previous = {i.id for i in due}
+                if not self._deliver_batch(session, items, report):
+                    return report
 
-    def _deliver_batch(self, items: list[OutboxItem], report: DeliveryReport) -> bool:
-        envelopes = [Envelope(i.id, i.envelope_sender, i.recipient, i.data) for i in items]
-        try:
-            results = self.sender.send_batch(envelopes)
-        except SmtpUnavailable as exc:
-            report.unavailable = True
-            report.errors.append(str(exc))
-            self._note_outage(str(exc), len(items))
-            self._expire(items)
-            return False
-        if self._outage_since is not None:
-            log.warning("SMTP relay reachable again after an outage since %s", self._outage_since.isoformat())
-            self._outage_since = None
-        by_id = {i.id: i for i in items}
-        for result in results:
-            self._record(by_id[result.key], result, report)
+    def _deliver_batch(self, session: SenderSession, items: list[OutboxItem], report: DeliveryReport) -> bool:
+        for index, item in enumerate(items):
+            if self.stop.is_set():
+                return False
+            try:
+                result = session.send(Envelope(item.id, item.envelope_sender, item.recipient, item.data))
+            except SmtpUnavailable as exc:
+                report.unavailable = True
+                report.errors.append(str(exc))
+                self._note_outage(str(exc), len(items) - index)
+                self._expire(items[index:])
+                return False
+            if self._outage_since is not None:
+                log.warning("SMTP relay reachable again after an outage since %s", self._outage_since.isoformat())
+                self._outage_since = None
+            self._record(item, result, report)
         return True
 
     def _record(self, item: OutboxItem, result: SendResult, report: DeliveryReport) -> None:

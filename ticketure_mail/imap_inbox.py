@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import selectors
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -21,6 +22,9 @@ from .errors import ImapError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Builds the (unconnected, logged-out) imapclient object; tests replace it, e.g. with a client
+# of a server that lacks IDLE.
+ImapClientFactory = Callable[[], IMAPClient]
 
 # imapclient logs the whole protocol, bodies included, at DEBUG: never let that reach a log file.
 logging.getLogger("imapclient").setLevel(logging.INFO)
@@ -63,12 +67,15 @@ class ImapInbox:
         self,
         settings: ImapSettings,
         password: str,
-        client_factory: Callable[[], IMAPClient] | None = None,
+        client_factory: ImapClientFactory | None = None,
+        read_only: bool = False,
     ) -> None:
         self.settings = settings
         self._password = password
         self._client_factory = client_factory or self._new_client
         self._client: IMAPClient | None = None
+        # A watching connection selects read-only (EXAMINE): it can never change the mailbox.
+        self._read_only = read_only
         self.uidvalidity: int = 0
 
     @property
@@ -99,7 +106,7 @@ class ImapInbox:
         try:
             client.normalise_times = False  # aware datetimes, not the machine's local time
             client.login(self.settings.username, self._password)
-            status = client.select_folder(self.settings.folder)
+            status = client.select_folder(self.settings.folder, readonly=self._read_only)
             validity = status.get(b"UIDVALIDITY")
             if validity is None:
                 validity = client.folder_status(self.settings.folder, ["UIDVALIDITY"])[b"UIDVALIDITY"]
@@ -204,6 +211,55 @@ class ImapInbox:
         """Put a message back into a folder (quarantine retry of a message kept only on the server)."""
         self._run("append", lambda c: c.append(folder, raw, msg_time=when))
 
+    # --- IDLE (RFC 2177) -----------------------------------------------------------------
+    # Only the thread that owns this inbox calls these, except abort().
+
+    def supports_idle(self) -> bool:
+        return self._run("capability", lambda c: c.has_capability("IDLE"))
+
+    def start_idle(self) -> None:
+        self._run("idle", lambda c: c.idle())
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds in IDLE; True when the server announced new mail.
+
+        imapclient's idle_check() returns [] both on silence and on a closed socket, so the
+        socket is watched here: readable with nothing to read means the server hung up.
+        """
+        client = self._require()
+        with selectors.DefaultSelector() as selector:
+            try:
+                selector.register(client.socket(), selectors.EVENT_READ)
+                ready = selector.select(timeout)
+            except (OSError, ValueError) as exc:  # ValueError: the socket was closed (fileno -1)
+                self._client = None
+                _shutdown(client)
+                raise ImapError(f"IMAP idle failed: {_describe(exc)}") from exc
+        if not ready:
+            return False
+        responses = self._run("idle", lambda c: c.idle_check(timeout=0))
+        if not responses or any(_is_bye(r) for r in responses):
+            self._client = None
+            _shutdown(client)
+            raise ImapError("IMAP idle failed: the server closed the connection")
+        return any(_announces_mail(r) for r in responses)
+
+    def end_idle(self) -> bool:
+        """Leave IDLE; True when the server announced new mail meanwhile."""
+        _text, responses = self._run("idle done", lambda c: c.idle_done())
+        return any(_announces_mail(r) for r in responses)
+
+    def abort(self) -> None:
+        """Cut the connection from another thread, so that a read blocked on a server that
+        stopped answering returns at once (with an error, in the owning thread)."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.socket().shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
     def check(self) -> str:
         """A short description of the connected folder, for check-config."""
         client = self._require()
@@ -213,6 +269,16 @@ class ImapInbox:
             f"folder {self.settings.folder!r}: {status[b'MESSAGES']} messages, {status[b'UNSEEN']} unseen; "
             f"UIDVALIDITY {self.uidvalidity}; {idle}"
         )
+
+
+def _announces_mail(response: object) -> bool:
+    # "* 12 EXISTS" (and "* 1 RECENT" on servers that still send it). EXPUNGE and FETCH flag
+    # changes are ignored: our own \Seen and moves cause them, and would wake us in a loop.
+    return isinstance(response, tuple) and len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT")
+
+
+def _is_bye(response: object) -> bool:
+    return isinstance(response, tuple) and len(response) >= 1 and response[0] == b"BYE"
 
 
 def _shutdown(client: IMAPClient) -> None:

@@ -104,6 +104,8 @@ class ProcessResult:
     ticket: str | None = None
     priority: int | None = None
     request_type: str | None = None
+    # The request type rule that matched (request_types.py), if one did.
+    type_rule: str | None = None
     subject: str = ""
     from_address: str = ""
     due_at: datetime | None = None
@@ -116,6 +118,7 @@ class ProcessResult:
             "ticket": self.ticket,
             "priority": self.priority,
             "request_type": self.request_type,
+            "type_rule": self.type_rule,
             "subject": self.subject,
             "from": self.from_address,
             "due_at": self.due_at.isoformat().replace("+00:00", "Z") if self.due_at else None,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from .acknowledgement import (
     OutgoingMail,
@@ -23,8 +25,13 @@ from .errors import ParseError, TransientError
 from .loops import judge, longest_window, rate_limit_reason
 from .model import Outcome, ParsedMail, ProcessResult
 from .parsing import parse_mail
-from .store import DuplicateMessage, Store
+from .request_types import TypeRules
+from .staff import StaffDirectory
+from .store import Store
 from .urgency import UrgencyRule
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,9 @@ class Processor:
         self.clock = clock
         self.urgency = UrgencyRule(settings.urgency.markers, settings.urgency.negations)
         self.policy = policy_from_settings(settings)
-        self.templates = load_templates()
+        self.templates = load_templates(settings)
+        self.type_rules = TypeRules.from_settings(settings)
+        self.staff = StaffDirectory.from_settings(settings)
         self.own_addresses = {settings.support.address, settings.smtp.from_address}
         if settings.smtp.envelope_sender:
             self.own_addresses.add(settings.smtp.envelope_sender)
@@ -79,33 +88,47 @@ class Processor:
         self, mail: ParsedMail, raw: bytes, source: Source, arrival: datetime, now: datetime
     ) -> ProcessResult:
         key = dedupe_key(mail)
-        if self.store.is_processed(key):
-            return _duplicate(mail, key)
-        plan = decide(
+        try:
+            # One transaction per message holds the reads that decide it (ledger, thread, rate
+            # limit) and the writes: one commit instead of four, and on SQLite (BEGIN IMMEDIATE)
+            # nothing can change between the decision and its record.
+            with self.store.transaction() as session:
+                if self.store.is_processed(key, session):
+                    return _duplicate(mail, key)
+                plan = self.plan(mail, source, arrival, now, session)
+                if plan.outcome != Outcome.QUARANTINED:
+                    return self.store.apply(plan, raw, now, self._build_ack, session)
+        except IntegrityError:
+            if self.store.is_duplicate(key):  # another daemon recorded the same message first
+                return _duplicate(mail, key)
+            raise
+        return self._quarantine(source, plan.reason, raw, arrival, mail)
+
+    def plan(
+        self, mail: ParsedMail, source: Source, arrival: datetime, now: datetime, session: Session | None = None
+    ) -> Plan:
+        """What would become of a message that is not a duplicate; reads, never writes (explain uses it)."""
+        return decide(
             mail,
             source=source,
             received_at=arrival,
-            candidate=self.store.find_thread(mail),
+            candidate=self.store.find_thread(mail, session),
             verdict=judge(mail, self.own_addresses),
             urgency=self.urgency,
             policy=self.policy,
             acknowledge_followups=self.settings.acknowledgement.acknowledge_followups,
             subject_reference_from=self.settings.threading.subject_reference_from,
-            ack_limit=self._ack_limit(mail, now),
+            ack_limit=self._ack_limit(mail, now, session),
+            type_rules=self.type_rules,
+            staff=self.staff,
         )
-        if plan.outcome == Outcome.QUARANTINED:
-            return self._quarantine(source, plan.reason, raw, arrival, mail)
-        try:
-            return self.store.apply(plan, raw, now, self._build_ack)
-        except DuplicateMessage:
-            return _duplicate(mail, key)
 
-    def _ack_limit(self, mail: ParsedMail, now: datetime) -> str:
+    def _ack_limit(self, mail: ParsedMail, now: datetime, session: Session | None) -> str:
         recipient = reply_recipient(mail)
         limits = self.settings.acknowledgement.rate_limits
         if recipient is None or not limits:
             return ""
-        sent = self.store.recent_ack_times(recipient.address, now - longest_window(limits))
+        sent = self.store.recent_ack_times(recipient.address, now - longest_window(limits), session)
         return rate_limit_reason(sent, now, limits)
 
     def _build_ack(self, plan: Plan, facts: TicketFacts) -> OutgoingMail:

@@ -39,7 +39,12 @@ class CycleReport:
 
 
 class Poller:
-    """Owns the IMAP connection across cycles and reconnects when it breaks."""
+    """Owns the IMAP connection across cycles and reconnects when it breaks.
+
+    The acknowledgements of a batch go out as soon as the batch is committed, not after the
+    whole backlog: by ``send_now`` when set (the daemon wakes its sender thread, which sends
+    while the next batch is read), else by delivering in line (``poll --once``, tests).
+    """
 
     def __init__(
         self,
@@ -57,6 +62,7 @@ class Poller:
         self.delivery = delivery
         self.settings = settings
         self.stop = stop or threading.Event()
+        self.send_now: Callable[[], None] | None = None
         self._imap_down = False
 
     def cycle(self) -> CycleReport:
@@ -73,9 +79,17 @@ class Poller:
         except TransientError as exc:
             report.storage_error = str(exc)
             log.warning("storage unavailable, messages stay on the server for the next cycle: %s", exc)
-        if not self.stop.is_set():
-            report.delivery = self.delivery.deliver_due()
+        # Also sends what is due for a retry, and what the deadline watcher queued.
+        self._send(report)
         return report
+
+    def _send(self, report: CycleReport) -> None:
+        if self.stop.is_set():
+            return
+        if self.send_now is not None:
+            self.send_now()
+        else:
+            report.delivery.add(self.delivery.deliver_due())
 
     def close(self) -> None:
         self._drop_connection()
@@ -85,27 +99,41 @@ class Poller:
             self._inbox.close()
             self._inbox = None
 
-    def _connected_inbox(self) -> ImapInbox:
-        if self._inbox is None or not self._inbox.connected:
-            inbox = self._inbox_factory()
-            inbox.connect()
-            self._inbox = inbox
-            if self._imap_down:
-                log.warning("IMAP reachable again")
-                self._imap_down = False
-        return self._inbox
+    def _connected_inbox(self) -> tuple[ImapInbox, bool]:
+        """The inbox, and whether it was connected just now (not kept from an earlier cycle)."""
+        if self._inbox is not None and self._inbox.connected:
+            return self._inbox, False
+        inbox = self._inbox_factory()
+        inbox.connect()
+        self._inbox = inbox
+        if self._imap_down:
+            log.warning("IMAP reachable again")
+            self._imap_down = False
+        return inbox, True
+
+    def _new_uids(self) -> tuple[ImapInbox, list[int]]:
+        inbox, fresh = self._connected_inbox()
+        try:
+            return inbox, inbox.new_uids(self.store.last_uid(inbox.folder, inbox.uidvalidity))
+        except ImapError:
+            if fresh:
+                raise
+        # With IDLE, cycles can be minutes apart, and a connection kept that long may have been
+        # dropped (a server restart, an idle timeout): one fresh try before calling IMAP down.
+        self._drop_connection()
+        inbox, _ = self._connected_inbox()
+        return inbox, inbox.new_uids(self.store.last_uid(inbox.folder, inbox.uidvalidity))
 
     def _poll(self, report: CycleReport) -> None:
-        inbox = self._connected_inbox()
-        folder, validity = inbox.folder, inbox.uidvalidity
-        last = self.store.last_uid(folder, validity)
-        uids = inbox.new_uids(last)
+        inbox, uids = self._new_uids()
         size = self.settings.batch_size
         for start in range(0, len(uids), size):
             if self.stop.is_set():
                 report.stopped = True
                 return
-            if not self._poll_batch(inbox, uids[start : start + size], report):
+            carry_on = self._poll_batch(inbox, uids[start : start + size], report)
+            self._send(report)
+            if not carry_on:
                 return
 
     def _poll_batch(self, inbox: ImapInbox, batch: list[int], report: CycleReport) -> bool:

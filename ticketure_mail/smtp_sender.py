@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -62,13 +61,11 @@ class SmtpSender:
             local_hostname="localhost" if s.host in ("127.0.0.1", "localhost", "::1") else None,
         )
 
-    def send_batch(self, envelopes: Sequence[Envelope]) -> list[SendResult]:
-        """Send every envelope over one connection. Raises SmtpUnavailable if none could be tried."""
-        if not envelopes:
-            return []
-        return asyncio.run(self._send_batch(list(envelopes)))
+    def session(self) -> SmtpSession:
+        """A connection for a run of messages, opened on the first send; use it as a context manager."""
+        return SmtpSession(self)
 
-    async def _send_batch(self, envelopes: list[Envelope]) -> list[SendResult]:
+    async def _open(self) -> aiosmtplib.SMTP:
         client = self._client()
         try:
             async with asyncio.timeout(self.settings.timeout_seconds * 2):
@@ -78,25 +75,14 @@ class SmtpSender:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             client.close()
             raise SmtpUnavailable(_describe(exc)) from exc
-        results: list[SendResult] = []
+        return client
+
+    async def _close(self, client: aiosmtplib.SMTP) -> None:
         try:
-            for index, envelope in enumerate(envelopes):
-                result = await self._send_one(client, envelope)
-                results.append(result)
-                if result.status == SendStatus.TEMPORARY and not client.is_connected:
-                    # The session is gone: the rest were not tried and count as temporary.
-                    results.extend(
-                        SendResult(e.key, SendStatus.TEMPORARY, "not tried: connection lost")
-                        for e in envelopes[index + 1 :]
-                    )
-                    break
-        finally:
-            try:
-                async with asyncio.timeout(self.settings.timeout_seconds):
-                    await client.quit()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                client.close()
-        return results
+            async with asyncio.timeout(self.settings.timeout_seconds):
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
 
     async def _send_one(self, client: aiosmtplib.SMTP, envelope: Envelope) -> SendResult:
         options: list[str] = []
@@ -144,6 +130,50 @@ class SmtpSender:
             return asyncio.run(probe())
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise SmtpUnavailable(_describe(exc)) from exc
+
+
+class SmtpSession:
+    """One SMTP connection kept open across a run of messages, so each acknowledgement costs
+    one transaction on it rather than a new connection (about twice the throughput). Sending
+    is synchronous: the caller records each result before the next message goes out, which
+    keeps the repeat-on-crash window at one message."""
+
+    def __init__(self, sender: SmtpSender) -> None:
+        self._sender = sender
+        # One event loop for the session's life: aiosmtplib's client is bound to the loop it connected on.
+        self._runner = asyncio.Runner()
+        self._client: aiosmtplib.SMTP | None = None
+        self._lost = ""
+
+    def __enter__(self) -> SmtpSession:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def send(self, envelope: Envelope) -> SendResult:
+        """Send one message. Raises SmtpUnavailable, with nothing sent, when the relay cannot be
+        reached or the connection was lost earlier in this session."""
+        if self._lost:
+            # A relay that dropped us (a 421, a reset) is not hammered again within one run.
+            raise SmtpUnavailable(f"connection lost: {self._lost}")
+        if self._client is None:
+            self._client = self._runner.run(self._sender._open())
+        result = self._runner.run(self._sender._send_one(self._client, envelope))
+        if result.status == SendStatus.TEMPORARY and not self._client.is_connected:
+            self._lost = result.detail
+        return result
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        try:
+            if client is not None:
+                if client.is_connected:
+                    self._runner.run(self._sender._close(client))
+                else:
+                    client.close()
+        finally:
+            self._runner.close()
 
 
 def _by_code(code: int) -> SendStatus:

@@ -3,36 +3,44 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, func
+from sqlalchemy import event, func, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateIndex
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from .acknowledgement import OutgoingMail, TicketFacts
 from .decisions import Plan, Source, ThreadCandidate, same_conversation_subject, thread_index_root
 from .model import Attachment, Outcome, ParsedMail, Priority, ProcessResult, RequestType
+from .clock import as_utc
 from .subjects import find_reference, format_reference
 from .tables import (
+    AlertRow,
     AttachmentRow,
     LedgerRow,
     MailboxStateRow,
     MessageRow,
     OutboxRow,
     QuarantineRow,
+    TicketEventRow,
     TicketRow,
 )
 
 log = logging.getLogger(__name__)
 
 AckFactory = Callable[[Plan, TicketFacts], OutgoingMail]
+# Changes a ticket in place inside a transaction; returns the event to record, or None when
+# there is nothing to change (see triage.py).
+TicketChange = Callable[[TicketRow], "TicketEvent | None"]
 
 # A waiting writer retries for this long before SQLite gives up with "database is locked".
 _SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -41,6 +49,15 @@ _THREAD_LOOKUP_LIMIT = 50
 
 class DuplicateMessage(Exception):
     """Another transaction recorded the same message first (two pollers, one message)."""
+
+
+@dataclass(frozen=True)
+class TicketEvent:
+    """A change made to a ticket by hand, as the ticket's history shows it."""
+
+    action: str
+    by: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,12 @@ class Store:
         self.reference_prefix = reference_prefix
         # How long a queued message may keep failing temporarily before it is marked failed.
         self.give_up_after = give_up_after
+        # SQLite has one writer at a time, and a waiting writer polls with growing sleeps (1, 2,
+        # 5 ... ms). The daemon's threads (poll cycle, sender, watcher) take turns here instead;
+        # other processes still meet the busy timeout.
+        self._writer: AbstractContextManager[Any] = (
+            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @classmethod
     def from_url(cls, url: str, reference_prefix: str, give_up_after: timedelta = timedelta(hours=48)) -> Store:
@@ -113,25 +136,40 @@ class Store:
 
     def create_schema(self) -> None:
         SQLModel.metadata.create_all(self.engine)
+        # create_all makes indexes only with their table: one added later reaches an existing
+        # database here (IF NOT EXISTS, as reflection cannot see expression indexes on SQLite).
+        with self._writer, self.engine.begin() as connection:
+            for table in SQLModel.metadata.sorted_tables:
+                for index in table.indexes:
+                    connection.execute(CreateIndex(index, if_not_exists=True))
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with self._writer, Session(self.engine, expire_on_commit=False) as session:
             with session.begin():
                 yield session
 
+    @contextmanager
+    def _within(self, session: Session | None) -> Iterator[Session]:
+        """The caller's transaction when it gives one, else a transaction of its own."""
+        if session is not None:
+            yield session
+            return
+        with self.transaction() as s:
+            yield s
+
     # --- processing --------------------------------------------------------------------------
 
-    def is_processed(self, dedupe_key: str) -> bool:
-        with self.transaction() as s:
+    def is_processed(self, dedupe_key: str, session: Session | None = None) -> bool:
+        with self._within(session) as s:
             return s.exec(select(LedgerRow.id).where(LedgerRow.dedupe_key == dedupe_key)).first() is not None
 
-    def find_thread(self, mail: ParsedMail) -> ThreadCandidate | None:
+    def find_thread(self, mail: ParsedMail, session: Session | None = None) -> ThreadCandidate | None:
         """The ticket a message refers to, by its headers first and its subject second."""
-        with self.transaction() as s:
+        with self._within(session) as s:
             by_header: list[tuple[str, tuple[str, ...]]] = [
                 ("in-reply-to", mail.in_reply_to),
                 ("references", tuple(reversed(mail.references))),
@@ -184,22 +222,30 @@ class Store:
             requester=ticket.requester,
             participants=participants,
             matched_by=matched_by,
+            first_response_at=ticket.first_response_at,
         )
 
-    def apply(self, plan: Plan, raw: bytes, now: datetime, ack_factory: AckFactory) -> ProcessResult:
+    def apply(
+        self, plan: Plan, raw: bytes, now: datetime, ack_factory: AckFactory, session: Session | None = None
+    ) -> ProcessResult:
         """Write the plan: ticket, message, ledger row and queued acknowledgement, all or nothing.
 
-        Raises DuplicateMessage when another transaction recorded the same message first.
+        Raises DuplicateMessage when another transaction recorded the same message first. In
+        the caller's ``session`` it raises that transaction's IntegrityError instead: the
+        transaction is spoilt and must end before the ledger can be asked (``is_duplicate``).
         """
+        if session is not None:
+            return self._apply(session, plan, raw, now, ack_factory)
         try:
             with self.transaction() as s:
                 return self._apply(s, plan, raw, now, ack_factory)
         except IntegrityError as exc:
-            if self._ledger_conflict(plan.dedupe_key):
+            if self.is_duplicate(plan.dedupe_key):
                 raise DuplicateMessage(plan.dedupe_key) from exc
             raise
 
-    def _ledger_conflict(self, key: str) -> bool:
+    def is_duplicate(self, key: str) -> bool:
+        """After an IntegrityError: did another transaction record this message first?"""
         try:
             return self.is_processed(key)
         except Exception:  # the database may be what failed; let the original error speak
@@ -219,6 +265,7 @@ class Store:
                 priority=int(nt.priority),
                 request_type=nt.request_type.value,
                 urgency_marker=nt.urgency_marker,
+                type_rule=nt.type_rule,
                 received_at=plan.received_at,
                 due_at=nt.due_at,
                 created_at=now,
@@ -236,6 +283,9 @@ class Store:
                 ticket.request_type = RequestType.URGENT.value
                 ticket.urgency_marker = plan.escalation.urgency_marker
                 ticket.due_at = plan.escalation.due_at
+            if plan.message_kind == "response" and ticket.first_response_at is None:
+                ticket.first_response_at = plan.received_at
+                ticket.first_response_by = mail.from_address.address if mail.from_address else None
             s.add(ticket)
 
         if ticket is not None and plan.message_kind is not None:
@@ -256,6 +306,7 @@ class Store:
                 priority=Priority(ticket.priority),
                 request_type=RequestType(ticket.request_type),
                 due_at=ticket.due_at,
+                triaged=ticket.priority_set_at is not None,
             )
             outgoing = ack_factory(plan, facts)
             self._queue(s, ticket.id, plan.ack, outgoing, now)
@@ -279,6 +330,7 @@ class Store:
             ticket=ticket.reference if ticket is not None else None,
             priority=ticket.priority if ticket is not None else None,
             request_type=ticket.request_type if ticket is not None else None,
+            type_rule=ticket.type_rule if ticket is not None else None,
             subject=mail.subject,
             from_address=mail.from_address.address if mail.from_address else "",
             due_at=ticket.due_at if ticket is not None else None,
@@ -295,9 +347,9 @@ class Store:
             row.last_error = f"bounced: {plan.mail.subject or 'delivery status notification'}"[:2000]
             s.add(row)
 
-    def recent_ack_times(self, recipient: str, since: datetime) -> list[datetime]:
+    def recent_ack_times(self, recipient: str, since: datetime, session: Session | None = None) -> list[datetime]:
         """When acknowledgements to an address were queued since a time (for the rate limit)."""
-        with self.transaction() as s:
+        with self._within(session) as s:
             return list(
                 s.exec(
                     select(OutboxRow.created_at).where(
@@ -429,19 +481,26 @@ class Store:
             return [_outbox_item(r) for r in rows]
 
     def mark_sent(self, item_id: int, now: datetime) -> None:
+        # Plain SQL statements rather than ORM objects: this runs once per acknowledgement sent,
+        # and the ORM's bookkeeping was most of its cost.
+        outbox, messages = OutboxRow.__table__, MessageRow.__table__  # type: ignore[attr-defined]
         with self.transaction() as s:
-            row = s.get_one(OutboxRow, item_id)
-            row.status = "sent"
-            row.sent_at = now
-            row.attempts += 1
-            row.last_error = ""
-            s.add(row)
+            row = s.execute(
+                select(outbox.c.ticket_id, outbox.c.kind, outbox.c.message_id, outbox.c.subject).where(
+                    outbox.c.id == item_id
+                )
+            ).one()
+            s.execute(
+                update(outbox)
+                .where(outbox.c.id == item_id)
+                .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error="")
+            )
             if row.ticket_id is not None:
-                s.add(
-                    MessageRow(
+                s.execute(
+                    insert(messages).values(
                         ticket_id=row.ticket_id,
                         direction="outbound",
-                        kind="acknowledgement",
+                        kind="alert" if row.kind == "alert" else "acknowledgement",
                         message_id=row.message_id,
                         subject=row.subject,
                         from_address="",
@@ -521,6 +580,121 @@ class Store:
     def ledger(self) -> list[LedgerRow]:
         with self.transaction() as s:
             return list(s.exec(select(LedgerRow).order_by(LedgerRow.id)))  # type: ignore[arg-type]
+
+    def find_tickets(
+        self,
+        *,
+        status: str | None = None,
+        priority: int | None = None,
+        request_type: str | None = None,
+        overdue_at: datetime | None = None,
+        received_since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[TicketRow]:
+        """Tickets by the filters given; ``overdue_at``: open, unanswered, due before that instant."""
+        query = select(TicketRow)
+        if status is not None:
+            query = query.where(TicketRow.status == status)
+        if priority is not None:
+            query = query.where(TicketRow.priority == priority)
+        if request_type is not None:
+            query = query.where(TicketRow.request_type == request_type)
+        if overdue_at is not None:
+            query = query.where(
+                TicketRow.status == "open",
+                TicketRow.first_response_at.is_(None),  # type: ignore[union-attr]
+                TicketRow.due_at < overdue_at,
+            )
+        if received_since is not None:
+            query = query.where(TicketRow.received_at >= received_since)
+        query = query.order_by(TicketRow.id)  # type: ignore[arg-type]
+        if limit is not None:
+            query = query.limit(limit)
+        with self.transaction() as s:
+            return list(s.exec(query))
+
+    # --- triage ------------------------------------------------------------------------------
+
+    def change_ticket(self, reference: str, change: TicketChange, now: datetime) -> tuple[TicketRow, bool] | None:
+        """Apply a change and record its event in one transaction; None when there is no such
+        ticket. The flag says whether anything changed."""
+        canonical = find_reference(reference, self.reference_prefix) or reference
+        with self.transaction() as s:
+            ticket = s.exec(select(TicketRow).where(TicketRow.reference == canonical).with_for_update()).first()
+            if ticket is None or ticket.id is None:
+                return None
+            event = change(ticket)
+            if event is None:
+                return ticket, False
+            ticket.updated_at = now
+            s.add(ticket)
+            s.add(TicketEventRow(ticket_id=ticket.id, at=now, by=event.by[:200], action=event.action,
+                                 detail=event.detail))
+            s.flush()
+            return ticket, True
+
+    def ticket_events(self, ticket_id: int) -> list[TicketEventRow]:
+        with self.transaction() as s:
+            return list(
+                s.exec(select(TicketEventRow).where(TicketEventRow.ticket_id == ticket_id).order_by(TicketEventRow.id))  # type: ignore[arg-type]
+            )
+
+    # --- deadline alerts ---------------------------------------------------------------------
+
+    def unanswered_due_by(self, until: datetime) -> list[TicketRow]:
+        """Open tickets without a first response whose deadline is at or before ``until``,
+        leaving out those already alerted as breached for that deadline (nothing is left to
+        raise for them, and old unanswered tickets would otherwise be read on every run)."""
+        breached = select(AlertRow.id).where(
+            AlertRow.ticket_id == TicketRow.id, AlertRow.stage == "breached", AlertRow.due_at == TicketRow.due_at
+        )
+        with self.transaction() as s:
+            return list(
+                s.exec(
+                    select(TicketRow)
+                    .where(
+                        TicketRow.status == "open",
+                        TicketRow.first_response_at.is_(None),  # type: ignore[union-attr]
+                        TicketRow.due_at <= until,
+                        ~breached.exists(),
+                    )
+                    .order_by(TicketRow.due_at, TicketRow.id)  # type: ignore[arg-type]
+                )
+            )
+
+    def raised_alerts(self, ticket_ids: Sequence[int]) -> set[tuple[int, str, datetime]]:
+        """(ticket id, stage, deadline) of every alert already raised for these tickets."""
+        found: set[tuple[int, str, datetime]] = set()
+        with self.transaction() as s:
+            for start in range(0, len(ticket_ids), 500):
+                rows = s.exec(
+                    select(AlertRow.ticket_id, AlertRow.stage, AlertRow.due_at).where(
+                        AlertRow.ticket_id.in_(ticket_ids[start : start + 500])  # type: ignore[attr-defined]
+                    )
+                ).all()
+                found.update((t, stage, due) for t, stage, due in rows)
+        return found
+
+    def record_alert(
+        self, ticket_id: int, stage: str, due_at: datetime, outgoing: OutgoingMail | None, now: datetime
+    ) -> bool:
+        """Record an alert and queue its mail, all or nothing; False when it was raised already
+        (by an earlier run, or by another daemon a moment ago)."""
+        try:
+            with self.transaction() as s:
+                outbox_id = None
+                if outgoing is not None:
+                    self._queue(s, ticket_id, "alert", outgoing, now)
+                    s.flush()
+                    outbox_id = s.exec(select(OutboxRow.id).where(OutboxRow.message_id == outgoing.message_id)).one()
+                s.add(AlertRow(ticket_id=ticket_id, stage=stage, due_at=due_at, created_at=now,
+                               recipient=outgoing.recipient if outgoing else "", outbox_id=outbox_id))
+                s.flush()
+        except IntegrityError:
+            if (ticket_id, stage, as_utc(due_at)) in self.raised_alerts([ticket_id]):
+                return False
+            raise
+        return True
 
 
 def _attachment_row(message_row_id: int, attachment: Attachment) -> AttachmentRow:

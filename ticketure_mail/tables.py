@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Dialect, LargeBinary, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import Column, DateTime, Dialect, Index, LargeBinary, Text, TypeDecorator, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
 from .clock import as_utc
@@ -56,6 +56,15 @@ class TicketRow(SQLModel, table=True):
     due_at: datetime = _time(index=True)
     created_at: datetime = _time()
     updated_at: datetime = _time()
+    # The request type rule that matched (request_types.py); None for no match, urgency, or staff's choice.
+    type_rule: str | None = Field(default=None, max_length=100)
+    # Set when staff decide the priority (tickets set-priority): the deadline then follows the priority.
+    priority_set_by: str | None = Field(default=None, max_length=200)
+    priority_set_at: datetime | None = _time(nullable=True)
+    # The first response stops the response clock: no alerts after it.
+    first_response_at: datetime | None = _time(nullable=True, index=True)
+    first_response_by: str | None = Field(default=None, max_length=320)
+    closed_at: datetime | None = _time(nullable=True)
 
 
 class MessageRow(SQLModel, table=True):
@@ -127,6 +136,11 @@ class OutboxRow(SQLModel, table=True):
     sent_at: datetime | None = _time(nullable=True)
 
 
+# The per-sender acknowledgement limit counts recent mail to an address in any letter case;
+# without this index every incoming message read the whole outbox.
+Index("ix_outbox_recipient_lower", func.lower(OutboxRow.recipient))
+
+
 class QuarantineRow(SQLModel, table=True):
     """A message that could not be processed, kept with its reason until an admin retries it."""
 
@@ -159,3 +173,33 @@ class MailboxStateRow(SQLModel, table=True):
     folder: str = Field(max_length=400)
     uidvalidity: int
     last_uid: int = 0
+
+
+class TicketEventRow(SQLModel, table=True):
+    """Who changed what on a ticket by hand, and when: triage, responses, closing."""
+
+    __tablename__ = "ticket_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    at: datetime = _time()
+    by: str = Field(max_length=200)
+    action: str = Field(max_length=40)  # set-priority | set-type | respond | close
+    detail: str = _text()
+
+
+class AlertRow(SQLModel, table=True):
+    """A deadline alert that was raised: at most one per ticket, stage and deadline, so a
+    restart or a second daemon never raises it again, and a moved deadline re-arms both stages."""
+
+    __tablename__ = "deadline_alert"
+    __table_args__ = (UniqueConstraint("ticket_id", "stage", "due_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    stage: str = Field(max_length=20)  # due_soon | breached
+    due_at: datetime = _time()
+    created_at: datetime = _time()
+    # "" when no alert address is configured: the alert was only logged.
+    recipient: str = Field(default="", max_length=320)
+    outbox_id: int | None = Field(default=None, foreign_key="outbox.id")
