@@ -54,3 +54,28 @@ def test_without_negations_every_occurrence_counts() -> None:
 def test_an_empty_marker_list_is_refused() -> None:
     with pytest.raises(ValueError):
         UrgencyRule([" "], [])
+
+
+@pytest.mark.parametrize(
+    ("subject", "urgent"),
+    [
+        # Negations joined by any dash a keyboard or a phone inserts.
+        ("non\u2011urgent request", False),  # non-breaking hyphen
+        ("non\u2010urgent request", False),  # hyphen
+        ("non\u2013urgent request", False),  # en dash
+        ("not\u00a0urgent", False),  # no-break space
+        # What looks like the marker is the marker: full-width letters, a soft hyphen inside.
+        ("\uff35\uff32\uff27\uff25\uff2e\uff34: site down", True),
+        ("ur\u00adgent: site down", True),
+        ("Urgent\u2010Priority: site down", True),
+        ("urg\u200bent: zero-width space inside", True),
+    ],
+)
+def test_unicode_forms_of_markers_and_negations(subject: str, urgent: bool) -> None:
+    assert (RULE.find(subject) is not None) == urgent
+
+
+def test_a_huge_subject_of_negated_markers_is_checked_in_linear_time() -> None:
+    # Once quadratic: 1 MB of "not urgent " took about 40 minutes (pytest-timeout ends that).
+    assert RULE.find("not urgent " * 100_000) is None
+    assert RULE.find("not urgent " * 100_000 + "URGENT") == "URGENT"
