@@ -13,7 +13,7 @@ from ticketure_mail.acknowledgement import (
     build_acknowledgement,
     format_due,
     load_templates,
-    reply_recipient,
+
     template_name,
 )
 from ticketure_mail.config import load_settings, settings_from_dict
@@ -105,9 +105,12 @@ def test_very_long_display_name_is_cut() -> None:
 
 
 def test_reply_to_wins_over_from() -> None:
+    from ticketure_mail.senders import answer_address
+
     mail = parsed(reply_to=(Address("Desk", "desk@example.com"),))
-    assert reply_recipient(mail) == Address("Desk", "desk@example.com")
-    assert reply_recipient(parsed()) == Address("Casey Client", "client@example.com")
+    assert answer_address(mail) == Address("Desk", "desk@example.com")
+    assert answer_address(parsed()) == Address("Casey Client", "client@example.com")
+    assert answer_address(parsed(from_addr="", sender=Address("S", "s@example.com"))) == Address("S", "s@example.com")
 
 
 def test_format_due_names_the_zone() -> None:
@@ -181,3 +184,11 @@ def test_template_name_by_kind_and_type() -> None:
     assert template_name("standard", RequestType.URGENT) == "standard"
     assert template_name("urgent", RequestType.URGENT) == "urgent"
     assert template_name("escalated", RequestType.WEB_REFINEMENT) == "escalated"
+
+
+def test_a_quoted_local_part_names_the_same_mailbox_in_to_and_envelope() -> None:
+    out, msg = build(address='"john smith"@example.com')
+    assert out.recipient == '"john smith"@example.com'
+    assert msg["To"].addresses[0].addr_spec == '"john smith"@example.com'
+    out, msg = build(address='"john.smith"@example.com')
+    assert msg["To"].addresses[0].addr_spec in ('"john.smith"@example.com', "john.smith@example.com")

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from ticketure_mail.config import load_settings
-from ticketure_mail.decisions import Source, ThreadCandidate, decide, dedupe_key, requester_of
+from ticketure_mail.decisions import Source, ThreadCandidate, decide, dedupe_key
+from ticketure_mail.senders import requester_of
 from ticketure_mail.deadlines import policy_from_settings
 from ticketure_mail.loops import HUMAN, LoopVerdict
 from ticketure_mail.model import Address, Outcome, Priority, RequestType
@@ -252,3 +253,12 @@ def test_new_ticket_takes_the_type_rule(subject: str, body: str, request_type: R
     assert plan.new_ticket is not None
     assert (plan.new_ticket.request_type, plan.new_ticket.type_rule) == (request_type, rule)
     assert plan.new_ticket.due_at == THURSDAY + due
+
+
+def test_a_non_participant_joining_by_headers_changes_and_learns_nothing() -> None:
+    plan = plan_for(parsed(subject="Re: URGENT", from_addr="stranger@example.net"), candidate(), followups=True)
+    assert plan.outcome == Outcome.THREADED
+    assert plan.escalation is None and plan.ack is None
+    assert plan.from_participant is False
+    own = plan_for(parsed(subject="Re: URGENT", from_addr="Client@Example.com"), candidate())
+    assert own.escalation is not None and own.from_participant is True

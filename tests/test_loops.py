@@ -74,3 +74,41 @@ def test_rate_limit_windows() -> None:
     assert rate_limit_reason(minutes_ago(1, 2, 3, 4, 11), now, limits) == ""  # one fell out of the window
     assert "1440 minutes" in rate_limit_reason(minutes_ago(*range(20, 420, 20)), now, limits)
     assert rate_limit_reason(minutes_ago(*range(20, 400, 20)), now, limits) == ""
+
+
+@pytest.mark.parametrize(
+    ("fields", "automatic", "no_ack"),
+    [
+        # No From: the rules look at the address that would be answered.
+        ({"from_address": None, "sender": Address("", "MAILER-DAEMON@mx.example.org")}, True, True),
+        ({"from_address": None, "return_path": "noreply@robot.example.com"}, False, True),
+        ({"from_address": None, "return_path": "client@example.com"}, False, False),
+        # Reply-To decides where an answer goes: never to ourselves, never to a robot.
+        ({"reply_to": (Address("", "support@ticketure.com"),)}, False, True),
+        ({"reply_to": (Address("", "no-reply@shop.example.com"),)}, False, True),
+        ({"reply_to": (Address("", "mailer-daemon@example.com"),)}, False, True),
+        ({"reply_to": (Address("Desk", "desk@example.com"),)}, False, False),
+    ],
+)
+def test_the_answered_address_is_judged_too(fields: dict, automatic: bool, no_ack: bool) -> None:
+    verdict = judge(parsed(**fields), OWN)
+    assert (verdict.automatic, verdict.no_ack) == (automatic, no_ack)
+
+
+@pytest.mark.parametrize(
+    ("address", "answerable"),
+    [
+        ("client@example.com", True),
+        ("josé.núñez@example.com", True),
+        ('"r\x00t"@example.com', False),
+        ("a b@example.com", False),
+        ("line\u2028break@example.com", False),
+        ("a" * 250 + "@example.com", False),
+        ("nodomain@", False),
+        ("@nolocal.example.com", False),
+    ],
+)
+def test_unanswerable_addresses(address: str, answerable: bool) -> None:
+    from ticketure_mail.senders import unanswerable_reason
+
+    assert (unanswerable_reason(address) == "") == answerable

@@ -158,3 +158,104 @@ def test_an_unreachable_database_raises_storage_unavailable(tmp_path: Path) -> N
     with pytest.raises(StorageUnavailable):
         processor.process(raw_message(), Source("ingest"), START)
     store.close()
+
+
+HOSTILE_BUT_VALID = {
+    "long-from": lambda: raw_message(sender=f"{'a' * 400}@example.com", message_id="<long-from@example.com>"),
+    "long-marker": lambda: raw_message(subject="Urgent" + "-" * 200 + "Priority: down", message_id="<lm@example.com>"),
+    "long-content-type": lambda: (
+        b"From: c@example.com\r\nMessage-ID: <ct@example.com>\r\nSubject: ct\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n'
+        b"--b\r\nContent-Type: application/x-" + b"y" * 300 + b"\x00z; name=a.bin\r\n"
+        b"Content-Disposition: attachment; filename=a.bin\r\n\r\ndata\r\n--b--\r\n"),
+    "nul-in-reply-to": lambda: (
+        b'From: c@example.com\r\nReply-To: "r\x00t"@example.com\r\nMessage-ID: <nul-rt@example.com>\r\n'
+        b"Subject: nul\r\n\r\nhello\r\n"),
+    "long-message-id": lambda: raw_message(message_id=f"<{'m' * 1500}@example.com>"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_BUT_VALID))
+def test_values_a_database_column_cannot_hold_never_park_a_valid_request(app: App, case: str) -> None:
+    result = ingest(app, HOSTILE_BUT_VALID[case]())
+    assert result.outcome == Outcome.CREATED, result.reason
+    assert app.store.held_quarantine() == []
+
+
+def test_an_address_that_cannot_be_answered_gets_a_ticket_but_no_acknowledgement(app: App) -> None:
+    too_long = ingest(app, HOSTILE_BUT_VALID["long-from"]())
+    assert not too_long.ack and "address" in too_long.reason
+    with_nul = ingest(app, HOSTILE_BUT_VALID["nul-in-reply-to"]())
+    assert not with_nul.ack and "address" in with_nul.reason
+    assert app.store.outbox_items() == []
+
+
+def test_a_quarantine_row_the_database_refuses_falls_back_to_a_bare_one(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import DataError
+
+    real = app.store.quarantine
+    calls = []
+
+    def refuse_once(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise DataError("INSERT", {}, Exception("value too long"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(app.store, "quarantine", refuse_once)
+    result = ingest(app, b"Subject: nobody\r\nMessage-ID: <q@example.com>\r\n\r\nbody\r\n")
+    assert result.outcome == Outcome.QUARANTINED
+    [held] = app.store.held_quarantine()
+    assert held.raw is not None and "no sender" in held.reason
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # Upper-case letters outside ASCII: SQL lower() and Python disagree, the limit must not.
+        lambda n: (f"From: {'ÄLICE' if n % 2 else 'älice'}@example.com\r\nSubject: n{n}\r\n"
+                   f"Message-ID: <ae-{n}@example.com>\r\n\r\nx\r\n").encode(),
+        # No From at all: the answer goes to Sender, and so does the count.
+        lambda n: (f"Sender: robot@example.com\r\nSubject: n{n}\r\nMessage-ID: <nf-{n}@example.com>\r\n\r\nx\r\n").encode(),
+    ],
+    ids=["non-ascii-case", "no-from"],
+)
+def test_the_rate_limit_counts_every_spelling_of_the_answered_address(app: App, clock: FrozenClock, make) -> None:
+    acks = 0
+    for n in range(8):
+        acks += ingest(app, make(n)).ack
+        clock.advance(timedelta(seconds=30))
+    assert acks == 5
+
+
+def test_a_stranger_with_a_known_message_id_cannot_escalate_nor_become_a_participant(app: App) -> None:
+    created = ingest(app, raw_message(subject="Payroll export (confidential)", sender="victim@example.com",
+                                      message_id="<victim@example.com>"))
+    for n in range(2):
+        stranger = ingest(app, raw_message(subject=f"Re: [{created.ticket}] URGENT {n}", sender="mallory@example.net",
+                                           message_id=f"<st-{n}@example.net>",
+                                           headers={"In-Reply-To": "<victim@example.com>"}))
+        assert stranger.outcome == Outcome.THREADED and not stranger.ack and stranger.priority == 3
+    assert [i.recipient for i in app.store.outbox_items()] == ["victim@example.com"]
+    by_subject = ingest(app, raw_message(subject=f"Re: [{created.ticket}] hello", sender="mallory@example.net",
+                                         message_id="<st-x@example.net>"))
+    assert by_subject.outcome == Outcome.CREATED  # writing did not make him a participant
+
+
+def test_an_oversized_message_handed_to_ingest_is_kept_for_a_retry(db_url: str, clock: FrozenClock) -> None:
+    settings = settings_from_dict({
+        "imap": {"host": "127.0.0.1", "username": "u", "password_env": "UNUSED", "max_message_bytes": 2048},
+        "smtp": {"host": "127.0.0.1"},
+        "database": {"url": db_url},
+    }, "<test>")
+    application = build_app(settings, clock)
+    SQLModel.metadata.drop_all(application.store.engine)
+    application.store.create_schema()
+    try:
+        raw = raw_message(message_id="<big-ingest@example.com>", body="x" * 5000 + "\n")
+        result = application.processor.process(raw, Source("ingest"), START)
+        assert result.outcome == Outcome.QUARANTINED and "max_message_bytes" in result.reason
+        [held] = application.store.held_quarantine()
+        assert held.raw == raw  # nobody else holds these bytes: the mail server was told "delivered"
+    finally:
+        application.close()

@@ -95,14 +95,6 @@ def new_message_id(domain: str) -> str:
     return f"ticketure.{uuid.uuid4().hex}@{domain}"
 
 
-def reply_recipient(mail: ParsedMail) -> Address | None:
-    """Where an answer goes: the first Reply-To mailbox, else the sender."""
-    for candidate in mail.reply_to:
-        if "@" in candidate.address:
-            return candidate
-    return mail.from_address
-
-
 def format_due(due_at: datetime, zone: ZoneInfo) -> str:
     """A deadline as a person reads it, in the calendar's time zone, naming that zone."""
     local = due_at.astimezone(zone)
@@ -246,6 +238,10 @@ def _one_of(words: tuple[str, ...]) -> str:
 def _header_address(address: Address) -> HeaderAddress:
     name = _one_line(address.name)[:_MAX_DISPLAY_NAME]
     local, _, domain = address.address.rpartition("@")
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        # The header class quotes the local part itself; give it the unquoted one, or the
+        # To header would name another mailbox than the envelope.
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
     return HeaderAddress(display_name=name, username=local, domain=domain)
 
 

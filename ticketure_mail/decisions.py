@@ -9,10 +9,14 @@ Threading rule (documented, and tested in tests/test_decisions.py):
    of a ticket, sent by the same address, with the same subject once reply prefixes are
    removed, joins that ticket.
 3. Otherwise a ticket reference in the subject (``[TKT-000042]``) joins that ticket only when
-   the sender already took part in it (the requester, or the sender of one of its messages).
-   A bare subject reference from a stranger opens a new ticket instead, so that guessing a
-   reference cannot put mail into somebody else's ticket.
+   the sender is a participant (see below). A bare subject reference from a stranger opens a
+   new ticket instead, so that guessing a reference cannot put mail into somebody else's
+   ticket.
 4. Otherwise the message opens a new ticket.
+Participants are the requester and whoever sent the ticket a message while a participant.
+A non-participant who joins by rule 1 (say, someone who was forwarded one of the messages)
+is kept in the ticket, but cannot escalate it, gets no acknowledgement (which would reveal
+the ticket's reference and subject), and does not become a participant by writing.
 Automatic mail (see loops.py) never opens a ticket: it joins a matching ticket as a note that
 triggers nothing, or it is discarded with its reason.
 """
@@ -26,10 +30,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from .acknowledgement import AckKind, reply_recipient
+from .acknowledgement import AckKind
 from .deadlines import ServicePolicy, due_at
 from .loops import LoopVerdict
 from .model import Address, Outcome, ParsedMail, Priority, RequestType
+from .senders import address_key, answer_address, requester_of, unanswerable_reason
 from .request_types import STANDARD, TypeMatch, TypeRules
 from .staff import NO_STAFF, StaffDirectory
 from .subjects import strip_reply_prefixes
@@ -120,6 +125,8 @@ class Plan:
     ack_suppressed: str = ""
     # Our outgoing Message-IDs that a delivery status notification reports as undelivered.
     bounced_message_ids: tuple[str, ...] = ()
+    # False for a sender who had not taken part in the ticket (see the threading rule).
+    from_participant: bool = True
 
 
 def dedupe_key(mail: ParsedMail) -> str:
@@ -160,17 +167,6 @@ def classify(mail: ParsedMail, urgency: UrgencyRule, type_rules: TypeRules | Non
         return Classification(Priority.URGENT, RequestType.URGENT, marker)
     match = type_rules.classify(mail.subject, mail.body_text) if type_rules is not None else STANDARD
     return Classification(Priority.NORMAL, match.request_type, None, match)
-
-
-def requester_of(mail: ParsedMail) -> Address | None:
-    """Who asked: the From mailbox, else Sender, else the envelope sender; None if nobody."""
-    if mail.from_address and "@" in mail.from_address.address:
-        return mail.from_address
-    if mail.sender and "@" in mail.sender.address:
-        return mail.sender
-    if mail.return_path and "@" in mail.return_path:
-        return Address("", mail.return_path)
-    return None
 
 
 def decide(
@@ -226,22 +222,27 @@ def _decide(
         bounced = mail.reported_message_ids if mail.is_delivery_report else ()
         if candidate is not None and candidate.matched_by != "subject-reference":
             return Plan(Outcome.THREADED, f"automatic mail kept as a note: {verdict.reason}",
-                        join_ticket=candidate, message_kind="note", bounced_message_ids=bounced, **base)
+                        join_ticket=candidate, message_kind="note", bounced_message_ids=bounced,
+                        from_participant=False, **base)
         return Plan(Outcome.DISCARDED, f"automatic mail: {verdict.reason}", bounced_message_ids=bounced, **base)
 
     if requester is None:
         return Plan(Outcome.QUARANTINED, "no sender address in From, Sender or Return-Path", **base)
 
-    recipient = reply_recipient(mail) or requester
-    ack_blocked = verdict.reason if verdict.no_ack else ""
-    if "@" not in recipient.address:
-        ack_blocked = ack_blocked or "no address to answer"
+    recipient = answer_address(mail) or requester
+    ack_blocked = (verdict.reason if verdict.no_ack else "") or unanswerable_reason(recipient.address)
 
     if joins and candidate is not None and from_staff:
         # Staff answering: the client hears from them, not from us, and an "Urgent" in a
         # quoted subject is not a request to escalate.
         return Plan(Outcome.THREADED, _staff_reason(candidate), join_ticket=candidate, message_kind="response",
                     **base)
+
+    if joins and candidate is not None and not _is_participant(candidate, requester):
+        # Someone who knows one of the ticket's Message-IDs, but never took part in it: the
+        # message is kept with the ticket, but it changes nothing and reveals nothing.
+        return Plan(Outcome.THREADED, "from someone not yet part of the ticket: no escalation, no acknowledgement",
+                    join_ticket=candidate, message_kind="followup", from_participant=False, **base)
 
     if joins and candidate is not None:
         marker = urgency.find(mail.subject)
@@ -268,7 +269,11 @@ def _decide(
 def _may_join(candidate: ThreadCandidate, requester: Address | None) -> bool:
     if candidate.matched_by != "subject-reference":
         return True
-    return requester is not None and requester.address.lower() in candidate.participants
+    return _is_participant(candidate, requester)
+
+
+def _is_participant(candidate: ThreadCandidate, requester: Address | None) -> bool:
+    return requester is not None and address_key(requester.address) in candidate.participants
 
 
 def _staff_reason(candidate: ThreadCandidate) -> str:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from .config import RateLimit
 
 from .model import ParsedMail
+from .senders import answer_address, requester_of
 
 # The header our own acknowledgements carry; a message that has it came from us.
 LOOP_HEADER = "X-Ticketure-Loop"
@@ -34,8 +35,13 @@ HUMAN = LoopVerdict(automatic=False, no_ack=False, reason="")
 def judge(mail: ParsedMail, own_addresses: Collection[str]) -> LoopVerdict:
     """Decide, from headers alone, whether a message is automatic or must not be answered."""
     own = {a.lower() for a in own_addresses}
-    sender = mail.from_address.address.lower() if mail.from_address else ""
+    # The address the rules look at is the one that would be answered when From is missing:
+    # a bounce that carries only Sender or Return-Path must not slip past them.
+    requester = requester_of(mail)
+    sender = requester.address.lower() if requester else ""
     local_part = sender.rpartition("@")[0]
+    answer = answer_address(mail)
+    answer_to = answer.address.lower() if answer else ""
 
     if mail.header(LOOP_HEADER):
         return _automatic(f"carries our own {LOOP_HEADER} header")
@@ -68,6 +74,12 @@ def judge(mail: ParsedMail, own_addresses: Collection[str]) -> LoopVerdict:
         return _no_ack("X-Auto-Response-Suppress asks for no automatic reply")
     if _NOREPLY_SENDER.match(local_part):
         return _no_ack(f"no-reply sender {sender}")
+    if answer_to and answer_to != sender:
+        answer_local = answer_to.rpartition("@")[0]
+        if answer_to in own:
+            return _no_ack("Reply-To names our own address")
+        if _DAEMON_SENDER.match(answer_local) or _NOREPLY_SENDER.match(answer_local):
+            return _no_ack(f"Reply-To names {answer_local}, which reads no mail")
     return HUMAN
 
 

@@ -15,7 +15,6 @@ from .acknowledgement import (
     build_acknowledgement,
     load_templates,
     new_message_id,
-    reply_recipient,
 )
 from .clock import Clock, as_utc
 from .config import Settings
@@ -26,6 +25,7 @@ from .loops import judge, longest_window, rate_limit_reason
 from .model import Outcome, ParsedMail, ProcessResult
 from .parsing import parse_mail
 from .request_types import TypeRules
+from .senders import answer_address
 from .staff import StaffDirectory
 from .store import Store
 from .urgency import UrgencyRule
@@ -59,11 +59,16 @@ class Processor:
         self._message_id_domain = settings.smtp.from_address.rpartition("@")[2]
 
     def process(self, raw: bytes, source: Source, received_at: datetime | None = None) -> ProcessResult:
+        result = self._process(raw, source, received_at)
+        _log_result(result, source)
+        return result
+
+    def _process(self, raw: bytes, source: Source, received_at: datetime | None) -> ProcessResult:
         now = self.clock.now()
         arrival = as_utc(received_at) if received_at is not None else now
         size = len(raw)
         if size > self.settings.imap.max_message_bytes:
-            return self.quarantine_oversized(source, size, arrival)
+            return self._oversized(source, raw, size, arrival)
         try:
             mail = parse_mail(raw)
         except ParseError as exc:
@@ -81,7 +86,6 @@ class Processor:
         except Exception as exc:  # a bug must park the message, never stop the poller
             log.exception("internal error on message-id=%s source=%s", mail.message_id, source.label())
             return self._quarantine(source, f"internal error: {_short(exc)}", raw, arrival, mail)
-        _log_result(result, source)
         return result
 
     def _process_parsed(
@@ -124,7 +128,7 @@ class Processor:
         )
 
     def _ack_limit(self, mail: ParsedMail, now: datetime, session: Session | None) -> str:
-        recipient = reply_recipient(mail)
+        recipient = answer_address(mail)
         limits = self.settings.acknowledgement.rate_limits
         if recipient is None or not limits:
             return ""
@@ -145,9 +149,17 @@ class Processor:
         )
 
     def quarantine_oversized(self, source: Source, size: int, received_at: datetime | None) -> ProcessResult:
+        """A message left on the IMAP server because of its size: recorded, never downloaded."""
+        result = self._oversized(source, None, size, received_at or self.clock.now())
+        _log_result(result, source)
+        return result
+
+    def _oversized(self, source: Source, raw: bytes | None, size: int, received_at: datetime) -> ProcessResult:
         limit = self.settings.imap.max_message_bytes
         reason = f"message of {size} bytes is over imap.max_message_bytes ({limit})"
-        return self._quarantine(source, reason, None, received_at or self.clock.now(), None, size=size)
+        # Bytes handed to us (ingest) are kept, as nobody else holds them; from IMAP they stay
+        # on the server, in the quarantine folder.
+        return self._quarantine(source, reason, raw, received_at, None, size=size)
 
     def _quarantine(
         self,
@@ -158,27 +170,28 @@ class Processor:
         mail: ParsedMail | None,
         size: int | None = None,
     ) -> ProcessResult:
+        size = size if size is not None else len(raw or b"")
         try:
-            self.store.quarantine(
-                source=source,
-                reason=reason,
-                raw=raw,
-                size=size if size is not None else len(raw or b""),
-                received_at=received_at,
-                now=self.clock.now(),
-                mail=mail,
-            )
+            self.store.quarantine(source=source, reason=reason, raw=raw, size=size, received_at=received_at,
+                                  now=self.clock.now(), mail=mail)
         except SQLAlchemyError as exc:
-            raise StorageUnavailable(f"cannot record quarantine: {exc.__class__.__name__}") from exc
-        result = ProcessResult(
+            if isinstance(exc, DBAPIError) and _is_connection_problem(exc):
+                raise StorageUnavailable(f"cannot record quarantine: {exc.__class__.__name__}") from exc
+            # The database refused something taken from the mail itself: keep the bytes and the
+            # reason without it, so one hostile message can never block the mailbox.
+            log.warning("quarantine row refused (%s); recording it without the message's fields", _short(exc))
+            try:
+                self.store.quarantine(source=source, reason=reason, raw=raw, size=size, received_at=received_at,
+                                      now=self.clock.now(), mail=None)
+            except SQLAlchemyError as again:
+                raise StorageUnavailable(f"cannot record quarantine: {again.__class__.__name__}") from again
+        return ProcessResult(
             outcome=Outcome.QUARANTINED,
             reason=reason,
             subject=mail.subject if mail else "",
             from_address=mail.from_address.address if mail and mail.from_address else "",
             message_id=mail.message_id if mail else None,
         )
-        _log_result(result, source)
-        return result
 
 
 def _duplicate(mail: ParsedMail, key: str) -> ProcessResult:
@@ -218,5 +231,11 @@ def _is_connection_problem(exc: DBAPIError) -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    text = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")
+    """One line about an error. For a database error only the driver's own message: the SQL
+    statement and its parameters would copy the mail's content into logs and reasons."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        text = f"{exc.__class__.__name__}: {exc.orig.__class__.__name__}: {first}"
+    else:
+        text = f"{exc.__class__.__name__}: {exc}".replace("\n", " ")
     return text[:500]

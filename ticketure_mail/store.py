@@ -22,8 +22,10 @@ from .acknowledgement import OutgoingMail, TicketFacts
 from .decisions import Plan, Source, ThreadCandidate, same_conversation_subject, thread_index_root
 from .model import Attachment, Outcome, ParsedMail, Priority, ProcessResult, RequestType
 from .clock import as_utc
+from .senders import address_key
 from .subjects import find_reference, format_reference
 from .tables import (
+    MESSAGE_ID_LENGTH,
     AlertRow,
     AttachmentRow,
     LedgerRow,
@@ -33,6 +35,7 @@ from .tables import (
     QuarantineRow,
     TicketEventRow,
     TicketRow,
+    fit,
 )
 
 log = logging.getLogger(__name__)
@@ -177,7 +180,8 @@ class Store:
             if mail.is_delivery_report:
                 by_header.append(("delivery-report", mail.reported_message_ids))
             for matched_by, ids in by_header:
-                wanted = [i for i in ids if i != mail.message_id][:_THREAD_LOOKUP_LIMIT]
+                # Stored ids were cut to the column (tables.fit): cut the looked-up ones alike.
+                wanted = [fit(i, MESSAGE_ID_LENGTH) for i in ids if i != mail.message_id][:_THREAD_LOOKUP_LIMIT]
                 if not wanted:
                     continue
                 ticket_id = s.exec(
@@ -195,7 +199,7 @@ class Store:
                 rows = s.exec(
                     select(MessageRow.ticket_id, TicketRow.subject)
                     .join(TicketRow, TicketRow.id == MessageRow.ticket_id)  # type: ignore[arg-type]
-                    .where(MessageRow.thread_root == root, MessageRow.from_address == sender)
+                    .where(MessageRow.thread_root == root, MessageRow.from_address == fit(sender, 320))
                     .limit(_THREAD_LOOKUP_LIMIT)
                 ).all()
                 for ticket_id, subject in rows:
@@ -211,9 +215,13 @@ class Store:
     def _candidate(self, s: Session, ticket_id: int, matched_by: Any) -> ThreadCandidate:
         ticket = s.get_one(TicketRow, ticket_id)
         senders = s.exec(
-            select(MessageRow.from_address).where(MessageRow.ticket_id == ticket_id, MessageRow.direction == "inbound")
+            select(MessageRow.from_address).where(
+                MessageRow.ticket_id == ticket_id,
+                MessageRow.direction == "inbound",
+                MessageRow.from_participant == True,  # noqa: E712 - SQL, not Python
+            )
         ).all()
-        participants = frozenset(a.lower() for a in (*senders, ticket.requester) if a)
+        participants = frozenset(address_key(a) for a in (*senders, ticket.requester) if a)
         return ThreadCandidate(
             ticket_id=ticket_id,
             reference=ticket.reference,
@@ -353,7 +361,7 @@ class Store:
             return list(
                 s.exec(
                     select(OutboxRow.created_at).where(
-                        func.lower(OutboxRow.recipient) == recipient.lower(), OutboxRow.created_at > since
+                        OutboxRow.recipient_key == fit(address_key(recipient), 320), OutboxRow.created_at > since
                     )
                 ).all()
             )
@@ -373,6 +381,7 @@ class Store:
             raw=raw,
             source=plan.source.label(),
             thread_root=thread_index_root(mail),
+            from_participant=plan.from_participant,
         )
         s.add(row)
         s.flush()
@@ -387,6 +396,7 @@ class Store:
                 kind=kind,
                 message_id=outgoing.message_id,
                 recipient=outgoing.recipient,
+                recipient_key=address_key(outgoing.recipient),
                 envelope_sender=outgoing.envelope_sender,
                 subject=outgoing.subject,
                 data=outgoing.data,

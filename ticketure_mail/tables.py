@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Dialect, Index, LargeBinary, Text, TypeDecorator, UniqueConstraint, func
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    LargeBinary,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.orm import Mapper
 from sqlmodel import Field, SQLModel
 
 from .clock import as_utc
@@ -26,6 +36,35 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         return None if value is None else as_utc(value)
+
+
+MESSAGE_ID_LENGTH = 998
+
+
+def _fit_strings(_mapper: Any, _connection: Any, row: object) -> None:
+    """Every string written fits its column on every backend. Mail supplies the values, and
+    PostgreSQL refuses NUL and over-long values that SQLite takes: such a refusal must never
+    park a valid request, nor fail to record a quarantine. Cutting an over-long value (a
+    400-character address, a 1,500-character Message-ID) loses nothing anyone could use;
+    lookups cut their keys the same way (see ``fit``)."""
+    if not isinstance(row, SQLModel):
+        return
+    for column in row.__table__.columns:  # type: ignore[attr-defined]
+        value = getattr(row, column.key, None)
+        if isinstance(value, str):
+            # SQLModel's AutoString wraps String: read the length, whatever the type's class.
+            fitted = fit(value, getattr(column.type, "length", None))
+            if fitted is not value:
+                setattr(row, column.key, fitted)
+
+
+def fit(value: str, length: int | None) -> str:
+    """A string without NUL, cut to a column's length (None: unlimited)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if length is not None and len(value) > length:
+        value = value[:length]
+    return value
 
 
 def _time(nullable: bool = False, index: bool = False) -> Any:
@@ -76,7 +115,7 @@ class MessageRow(SQLModel, table=True):
     ticket_id: int = Field(foreign_key="ticket.id", index=True)
     direction: str = Field(max_length=10)  # inbound | outbound
     kind: str = Field(max_length=20)  # request | followup | note | acknowledgement
-    message_id: str | None = Field(default=None, max_length=998, index=True)
+    message_id: str | None = Field(default=None, max_length=MESSAGE_ID_LENGTH, index=True)
     subject: str = _text()
     from_address: str = Field(default="", max_length=320)
     received_at: datetime = _time()
@@ -86,6 +125,9 @@ class MessageRow(SQLModel, table=True):
     source: str = Field(default="", max_length=400)
     # The conversation block of an Outlook Thread-Index, hex; see decisions.thread_index_root.
     thread_root: str | None = Field(default=None, max_length=64, index=True)
+    # Whether the sender had taken part in the ticket when this arrived. Only such senders
+    # count as participants later: joining by a known Message-ID does not make one.
+    from_participant: bool = True
 
 
 class AttachmentRow(SQLModel, table=True):
@@ -106,7 +148,7 @@ class LedgerRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     dedupe_key: str = Field(max_length=1000, unique=True)
-    message_id: str | None = Field(default=None, max_length=998)
+    message_id: str | None = Field(default=None, max_length=MESSAGE_ID_LENGTH)
     outcome: str = Field(max_length=20)
     reason: str = _text()
     ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
@@ -122,8 +164,11 @@ class OutboxRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
     kind: str = Field(max_length=20)
-    message_id: str = Field(max_length=998, unique=True)
+    message_id: str = Field(max_length=MESSAGE_ID_LENGTH, unique=True)
     recipient: str = Field(max_length=320)
+    # senders.address_key(recipient): one spelling per mailbox, for the per-recipient rate limit
+    # (SQL lower() folds only ASCII on SQLite, so the key is made in Python).
+    recipient_key: str = Field(default="", max_length=320, index=True)
     envelope_sender: str = Field(default="", max_length=320)
     subject: str = _text()
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -138,7 +183,6 @@ class OutboxRow(SQLModel, table=True):
 
 # The per-sender acknowledgement limit counts recent mail to an address in any letter case;
 # without this index every incoming message read the whole outbox.
-Index("ix_outbox_recipient_lower", func.lower(OutboxRow.recipient))
 
 
 class QuarantineRow(SQLModel, table=True):
@@ -151,7 +195,7 @@ class QuarantineRow(SQLModel, table=True):
     folder: str = Field(default="", max_length=400)
     uidvalidity: int | None = None
     uid: int | None = None
-    message_id: str | None = Field(default=None, max_length=998)
+    message_id: str | None = Field(default=None, max_length=MESSAGE_ID_LENGTH)
     subject: str = _text()
     from_address: str = Field(default="", max_length=320)
     reason: str = _text()
@@ -203,3 +247,9 @@ class AlertRow(SQLModel, table=True):
     # "" when no alert address is configured: the alert was only logged.
     recipient: str = Field(default="", max_length=320)
     outbox_id: int | None = Field(default=None, foreign_key="outbox.id")
+
+
+# On every mapper, so every table, present and future, is covered (a listener on the SQLModel
+# base does not reach classes mapped before it was added).
+event.listen(Mapper, "before_insert", _fit_strings)
+event.listen(Mapper, "before_update", _fit_strings)
