@@ -157,3 +157,41 @@ def test_daemon_acknowledges_new_mail_and_stops_on_sigterm(config: Path, mailbox
     assert f"created message-id=<daemon@example.com> source=imap:INBOX:" in log
     assert f":{uid} ticket=TKT-000001 priority=1" in log
     assert "daemon stopped" in log
+
+
+@pytest.fixture
+def config_without_database(mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path) -> Path:
+    table = config_table(mailbox, sink, "postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=2",
+                         tmp_path / "pw")
+    path = tmp_path / "down.toml"
+    path.write_text(toml_text(table), encoding="utf-8")
+    return path
+
+
+def test_database_down_means_tempfail_for_ingest_and_one_line_elsewhere(config_without_database: Path) -> None:
+    message = config_without_database.parent / "m.eml"
+    message.write_bytes(raw_message(message_id="<db-down@example.com>"))
+    ingest = cli(config_without_database, "ingest", str(message))
+    assert ingest.returncode == 75, ingest.stderr  # EX_TEMPFAIL: the mail server keeps it and retries
+    listing = cli(config_without_database, "tickets", "list")
+    assert listing.returncode == 1
+    for done in (ingest, listing):
+        assert b"Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert b"database" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "--received-at", "9999-12-31T23:59:59-01:00", "-"],
+        ["ingest", "--received-at", "0001-01-01T00:00:00+01:00", "-"],
+        ["outbox", "retry", "99999999999999999999999"],
+        ["outbox", "retry", "-1"],
+        ["quarantine", "retry", "\u00b2"],
+    ],
+)
+def test_out_of_range_arguments_are_usage_errors(config: Path, args: list[str]) -> None:
+    done = cli(config, *args, stdin=b"")
+    assert done.returncode == 2, done.stderr
+    assert b"Traceback" not in done.stderr

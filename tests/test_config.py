@@ -278,3 +278,64 @@ priority_4 = "0m"
     assert settings.calendar.opening_hours.fri == ("08:00", "24:00")
     assert [r.name for r in settings.request_types.rules] == ["only"]
     assert settings.watcher.due_soon_before.priority_4 == "0m" and settings.watcher.due_soon_before.priority_1 == "5m"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[database]\nurl = "not a url at all"\n', "database.url"),
+        ('[database]\nurl = "nosuchdialect://x"\n', "database.url"),
+        ('[database]\nurl = "postgresql+nosuchdriver://x/y"\n', "database.url"),
+        ("[outbox]\ngive_up_after_hours = 100000000000\n", "outbox.give_up_after_hours"),
+        ("[outbox]\nfirst_retry_seconds = 100000000000\n", "outbox.first_retry_seconds"),
+        ("[schedule]\npoll_interval_seconds = 100000000000\n", "schedule.poll_interval_seconds"),
+        ('[targets]\npriority_1 = { within = "99999999999d", clock = "24x7" }\n', "targets.priority_1.within"),
+        ("[smtp]\ntimeout_seconds = inf\n", "smtp.timeout_seconds"),
+        ('[calendar]\ntimezone = "America"\n', "calendar.timezone"),
+        ('[calendar]\ntimezone = "' + "x" * 300 + '"\n', "calendar.timezone"),
+        ("[[acknowledgement.rate_limits]]\nacknowledgements = 5\nminutes = 100000000000\n",
+         "acknowledgement.rate_limits[0].minutes"),
+    ],
+)
+def test_values_that_would_fail_later_fail_at_load_naming_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    text = MINIMAL + extra
+    if extra.startswith("[smtp]"):
+        text = MINIMAL.replace('[smtp]\nhost = "127.0.0.1"', '[smtp]\nhost = "127.0.0.1"\n' + extra.split("\n", 1)[1])
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+    assert caught.value.key == key
+
+
+def test_a_key_with_control_characters_is_named_safely(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL + '[schedule]\n"a\\nb\\u001b[31mRED" = 1\n'))
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_toml_nested_too_deep_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n"))
+
+
+def test_a_config_that_is_not_a_regular_file_or_is_huge(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_settings(fifo)
+    huge = tmp_path / "huge.toml"
+    with huge.open("wb") as f:
+        f.truncate(5 * 1024 * 1024)
+    with pytest.raises(ConfigError, match="too large"):
+        load_settings(huge)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe bad utf-8", b"pass\x00word"])
+def test_a_password_file_that_cannot_be_a_password(tmp_path: Path, content: bytes) -> None:
+    secret = tmp_path / "pw"
+    secret.write_bytes(content)
+    settings = load_settings(write(tmp_path, MINIMAL.replace('password_env = "T_IMAP"', f'password_file = "{secret}"')))
+    with pytest.raises(ConfigError) as caught:
+        read_secret(settings, "imap")
+    assert caught.value.key == "imap.password_file"

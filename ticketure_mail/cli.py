@@ -12,6 +12,8 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from . import __version__
 from .acknowledgement import PRIORITY_NAMES, format_due
 from .app import App, build_app
@@ -31,6 +33,7 @@ from .triage import SETTABLE_TYPES, NoSuchTicket, TriageRefused, close, record_r
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL
 
 log = logging.getLogger("ticketure_mail")
 
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     olist = osub.add_parser("list", help="pending and failed mail")
     olist.add_argument("--json", action="store_true")
     oretry = osub.add_parser("retry", help="queue a failed message again")
-    oretry.add_argument("id", type=int)
+    oretry.add_argument("id", type=_row_id)
 
     quarantine = sub.add_parser("quarantine", help="messages that could not be processed")
     qsub = quarantine.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
@@ -136,7 +139,10 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         settings = load_settings(path)
         if args.command == "check-config":
             return _check_config(settings)
-        app = build_app(settings, clock or SystemClock())
+        try:
+            app = build_app(settings, clock or SystemClock())
+        except SQLAlchemyError as exc:
+            return _database_unavailable(args, exc)
         try:
             if getattr(args, "since", None):
                 try:
@@ -152,8 +158,19 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
     except (TicketureError, OSError) as exc:
         print(f"ticketure-mail: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except SQLAlchemyError as exc:
+        return _database_unavailable(args, exc)
     except KeyboardInterrupt:
         return EXIT_FAILURE
+
+
+def _database_unavailable(args: argparse.Namespace, exc: BaseException) -> int:
+    """One line, no traceback. For ingest, EX_TEMPFAIL: the mail server keeps the message and
+    delivers it again later, where a plain failure would bounce it to the client."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    print(f"ticketure-mail: database unavailable: {orig.__class__.__name__}: {first}"[:300], file=sys.stderr)
+    return EXIT_TEMPFAIL if args.command == "ingest" else EXIT_FAILURE
 
 
 def _dispatch(app: App, args: argparse.Namespace) -> int:
@@ -214,7 +231,7 @@ def _ingest(app: App, args: argparse.Namespace) -> int:
     except StorageUnavailable as exc:
         # A pipe delivery should be retried by the mail server: temporary failure (EX_TEMPFAIL).
         print(f"ticketure-mail: {exc}", file=sys.stderr)
-        return 75
+        return EXIT_TEMPFAIL
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
     else:
@@ -337,7 +354,7 @@ def _quarantine(app: App, args: argparse.Namespace) -> int:
             print(f"{r.id:>6}  {r.source}  {r.from_address or '?'}  {r.subject or '(no subject)'}  reason: {r.reason}")
         return EXIT_OK
     if args.id != "all":
-        if not args.id.isdigit():
+        if not (args.id.isascii() and args.id.isdigit()) or int(args.id) > _MAX_ROW_ID:
             print("ticketure-mail: quarantine retry takes an ID from 'quarantine list' or 'all'", file=sys.stderr)
             return EXIT_CONFIG
         rows = [r for r in rows if r.id == int(args.id)]
@@ -400,6 +417,16 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+_MAX_ROW_ID = 2**63 - 1  # the largest id either database can hold
+
+
+def _row_id(text: str) -> int:
+    """An id from a list command: a positive whole number the database can hold."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_ROW_ID:
+        raise argparse.ArgumentTypeError(f"not an id from the list: {text!r}")
+    return int(text)
+
+
 def _parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -407,7 +434,10 @@ def _parse_time(text: str) -> datetime:
         raise ValueError(f"not an ISO 8601 time: {text!r}") from None
     if value.tzinfo is None:
         raise ValueError(f"needs a time zone (e.g. 2026-12-03T09:00:00Z): {text!r}")
-    return as_utc(value)
+    try:
+        return as_utc(value)
+    except OverflowError:
+        raise ValueError(f"out of range: {text!r}") from None
 
 
 def _ticket_json(t: TicketRow, now: datetime) -> dict[str, Any]:

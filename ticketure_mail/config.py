@@ -5,20 +5,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
 from .ack_templates import load_templates
 from .errors import ConfigError
 
 CONFIG_ENV_VAR = "TICKETURE_MAIL_CONFIG"
+# A real config is a few kilobytes; a multi-gigabyte file must not be read whole first.
+_MAX_CONFIG_BYTES = 1024 * 1024
 DEFAULT_CONFIG_PATH = "config.toml"
 
 TlsMode = Literal["ssl", "starttls", "none"]
@@ -307,6 +313,12 @@ def load_settings(path: Path) -> Settings:
     """Read and validate a config file; raises ConfigError naming the file and the key."""
     shown = str(path)
     try:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            # A FIFO or a device would block or never end; a directory cannot be a config.
+            raise ConfigError(shown, "", "cannot read file: not a regular file")
+        if status.st_size > _MAX_CONFIG_BYTES:
+            raise ConfigError(shown, "", f"file too large for a config ({status.st_size} bytes)")
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(shown, "", "file not found") from None
@@ -316,6 +328,8 @@ def load_settings(path: Path) -> Settings:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(shown, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(shown, "", "not valid TOML: nested too deeply") from None
     settings = _build(Settings, table, shown, "")
     settings = dataclasses.replace(settings, source=shown)
     _check_semantics(settings)
@@ -343,13 +357,18 @@ def read_secret(settings: Settings, section: Literal["imap", "smtp"]) -> str:
         return value
     if part.password_file:
         try:
-            return Path(part.password_file).read_text(encoding="utf-8").strip("\r\n")
+            secret = Path(part.password_file).read_text(encoding="utf-8").strip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(settings.source, f"{section}.password_file", "is not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError(
                 settings.source,
                 f"{section}.password_file",
                 f"cannot read {part.password_file}: {exc.strerror}",
             ) from None
+        if "\x00" in secret:
+            raise ConfigError(settings.source, f"{section}.password_file", "contains a NUL byte")
+        return secret
     return ""
 
 
@@ -418,7 +437,10 @@ def _convert(hint: Any, value: Any, path: str, key: str) -> Any:
 
 
 def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
+    # Keys come from the file: show control characters escaped, so the error stays one line
+    # and cannot drive the terminal.
+    shown = key if key.isprintable() else key.encode("unicode_escape").decode("ascii")
+    return f"{prefix}.{shown}" if prefix else shown
 
 
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
@@ -456,8 +478,11 @@ def _check_semantics(settings: Settings) -> None:
     need(bool(settings.imap.folder), "imap.folder", "must not be empty")
     need(1 <= settings.imap.batch_size <= 5000, "imap.batch_size", "must be between 1 and 5000")
     need(settings.imap.max_message_bytes >= 1024, "imap.max_message_bytes", "must be at least 1024")
-    need(settings.imap.connect_timeout_seconds > 0, "imap.connect_timeout_seconds", "must be positive")
-    need(settings.imap.read_timeout_seconds > 0, "imap.read_timeout_seconds", "must be positive")
+    for key in ("imap.connect_timeout_seconds", "imap.read_timeout_seconds", "smtp.timeout_seconds"):
+        section, name = key.split(".")
+        value = getattr(getattr(settings, section), name)
+        need(0 < value <= 3600, key, f"must be above 0 and at most 3600 seconds, not {value}")
+    need(settings.imap.max_message_bytes <= 2**31, "imap.max_message_bytes", "must be at most 2 GiB")
     # RFC 2177: servers may drop an IDLE after 30 minutes, so it must be renewed before that.
     need(0 < settings.imap.idle_refresh_minutes <= 29, "imap.idle_refresh_minutes", "must be above 0 and at most 29")
     need(settings.smtp.timeout_seconds > 0, "smtp.timeout_seconds", "must be positive")
@@ -478,16 +503,20 @@ def _check_semantics(settings: Settings) -> None:
         "support.reference_prefix",
         "must be 1 to 10 letters or digits, starting with a letter",
     )
-    need(settings.schedule.poll_interval_seconds >= 1, "schedule.poll_interval_seconds", "must be at least 1")
-    need(settings.outbox.max_attempts >= 1, "outbox.max_attempts", "must be at least 1")
-    need(settings.outbox.first_retry_seconds >= 1, "outbox.first_retry_seconds", "must be at least 1")
-    need(settings.outbox.give_up_after_hours >= 1, "outbox.give_up_after_hours", "must be at least 1")
+    # Upper bounds keep every value inside what the clock arithmetic can hold.
+    for key, high in (("schedule.poll_interval_seconds", 86_400), ("outbox.max_attempts", 1000),
+                      ("outbox.first_retry_seconds", 86_400), ("outbox.give_up_after_hours", 8760)):
+        section, name = key.split(".")
+        value = getattr(getattr(settings, section), name)
+        need(value >= 1, key, "must be at least 1")
+        need(value <= high, key, f"must be at most {high}")
+    _check_database_url(settings.database.url, need)
     need(bool(settings.urgency.markers), "urgency.markers", "must name at least one marker")
     for i, marker in enumerate(settings.urgency.markers):
         need(bool(marker.strip()), f"urgency.markers[{i}]", "must not be empty")
     try:
         ZoneInfo(settings.calendar.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(
             src, "calendar.timezone", f"unknown time zone {settings.calendar.timezone!r}"
         ) from None
@@ -502,10 +531,26 @@ def _check_semantics(settings: Settings) -> None:
             f"acknowledgement.rate_limits[{i}].acknowledgements",
             "must be at least 1",
         )
-        need(limit.minutes >= 1, f"acknowledgement.rate_limits[{i}].minutes", "must be at least 1")
+        need(1 <= limit.minutes <= 525_600, f"acknowledgement.rate_limits[{i}].minutes",
+             "must be between 1 and 525600 (a year)")
     for i, phone in enumerate(settings.escalation.phones):
         need(bool(phone.number.strip()), f"escalation.phones[{i}].number", "must not be empty")
     _check_policy(settings, need)
+
+
+def _check_database_url(url: str, need: Callable[[bool, str, str], None]) -> None:
+    """The URL parses and names a backend whose driver is installed: found at load, not at
+    the first message."""
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except ArgumentError:
+        need(False, "database.url", "is not a database URL such as sqlite:///tickets.sqlite3")
+    except NoSuchModuleError:
+        need(False, "database.url", f"unknown database backend in {url.split(':', 1)[0]!r}")
+    except ImportError as exc:
+        need(False, "database.url", f"the driver for this URL is not installed ({exc.name or exc})")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -514,7 +559,13 @@ def parse_duration(text: str) -> timedelta:
     if match is None or not any(match.groups()):
         raise ValueError(f'must be a duration such as "15m", "1h", "24h" or "3d", not {text!r}')
     days, hours, minutes = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes)
+    try:
+        duration = timedelta(days=days, hours=hours, minutes=minutes)
+    except OverflowError:
+        duration = _MAX_DURATION * 2
+    if duration > _MAX_DURATION:
+        raise ValueError(f"must be at most {_MAX_DURATION.days} days, not {text!r}")
+    return duration
 
 
 def parse_clock_time(text: str) -> time | None:
@@ -534,6 +585,7 @@ def config_dir(settings: Settings) -> Path:
     return Path(settings.source).resolve().parent
 
 
+_MAX_DURATION = timedelta(days=3650)
 _DURATION = re.compile(r"(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?")
 
 
