@@ -434,7 +434,10 @@ class DovecotServer:
             timeout=SocketTimeout(connect=timeout, read=timeout),
         )
         try:
-            client.login(user, password)
+            if password.isascii() and user.isascii():
+                client.login(user, password)
+            else:  # LOGIN is ASCII only; AUTHENTICATE PLAIN is UTF-8
+                client.plain_login(user, password)
         except BaseException:
             with suppress(Exception):
                 client.shutdown()

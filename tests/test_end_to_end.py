@@ -1,6 +1,7 @@
 """The main job on real servers: mail in Dovecot -> one cycle -> tickets, flags, acknowledgements."""
 
 from collections.abc import Iterator
+import logging
 from datetime import UTC, datetime, timedelta
 from email.header import Header
 from pathlib import Path
@@ -132,3 +133,25 @@ def test_unparseable_and_oversized_mail_is_quarantined_and_the_rest_goes_on(
         assert application.poller().cycle().outcomes == {}
     finally:
         application.close()
+
+
+def test_a_non_ascii_password_logs_in_and_never_reaches_the_log(
+    dovecot, sink: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = dovecot.add_user("utf8-password@ticketure.test", "pässwörd-€")
+    settings = settings_for(account, sink, f"sqlite:///{tmp_path / 'u.sqlite3'}", tmp_path)
+    application = build_app(settings, FrozenClock(ARRIVAL))
+    try:
+        account.append(raw_message(message_id="<utf8-pw@example.com>"))
+        assert application.poller().cycle().outcomes == {"created": 1}
+    finally:
+        application.close()
+    wrong = build_app(settings_for(account, sink, f"sqlite:///{tmp_path / 'w.sqlite3'}", tmp_path), FrozenClock(ARRIVAL))
+    (tmp_path / "imap-password").write_text("wrüng-€\n", encoding="utf-8")
+    try:
+        with caplog.at_level(logging.DEBUG):
+            report = wrong.poller().cycle()
+        assert report.imap_error
+        assert "ü" not in report.imap_error and "€" not in caplog.text and "ü" not in caplog.text
+    finally:
+        wrong.close()

@@ -306,3 +306,37 @@ def test_a_changed_uidvalidity_after_a_migration_yields_no_second_ticket(
         assert len(sink.messages) == 3
     finally:
         application.close()
+
+
+def test_two_senders_on_one_database_send_each_acknowledgement_once(
+    mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path, db_url: str, clock: FrozenClock
+) -> None:
+    import threading
+
+    from sqlmodel import SQLModel
+
+    apps = [build_app(settings_for(mailbox, sink, db_url, tmp_path), clock) for _ in range(2)]
+    SQLModel.metadata.drop_all(apps[0].store.engine)
+    apps[0].store.create_schema()
+    try:
+        for n in range(60):
+            apps[0].processor.process(raw_message(sender=f"two{n}@example.com", message_id=f"<two-{n}@example.com>"),
+                                      Source("ingest"), clock.now())
+        start = threading.Barrier(2)
+
+        def deliver(app: App) -> None:
+            start.wait()
+            app.delivery().deliver_due()
+
+        threads = [threading.Thread(target=deliver, args=(a,)) for a in apps]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        received = sink.wait_for(60)
+        time.sleep(0.3)
+        assert len(sink.messages) == 60, f"{len(sink.messages) - 60} acknowledgements sent twice"
+        assert sorted(m.rcpt_tos[0] for m in received) == sorted(f"two{n}@example.com" for n in range(60))
+    finally:
+        for a in apps:
+            a.close()

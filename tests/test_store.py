@@ -171,3 +171,21 @@ def test_find_tickets_filters(store: Store) -> None:
     assert [t.reference for t in store.find_tickets(priority=3)] == ["TKT-000002"]
     assert [t.reference for t in store.find_tickets(request_type="urgent", status="open")] == ["TKT-000001"]
     assert store.find_tickets(received_since=later) == []
+
+
+def test_claims_are_exclusive_until_released_or_expired(store: Store) -> None:
+    for n in range(3):
+        store.apply(plan_for(parsed(message_id=f"claim-{n}@example.com")), b"r", NOW, fake_ack)
+    lease = timedelta(minutes=5)
+    first = store.claim_due_outbox(NOW, 2, lease, "host:1:a")
+    second = store.claim_due_outbox(NOW, 10, lease, "host:2:b")
+    assert len(first) == 2 and len(second) == 1
+    assert not {i.id for i in first} & {i.id for i in second}
+    assert store.claim_due_outbox(NOW, 10, lease, "host:3:c") == []
+    store.release_claims([first[0].id])
+    assert [i.id for i in store.claim_due_outbox(NOW, 10, lease, "host:3:c")] == [first[0].id]
+    assert store.claim_owners("host:") == {"host:1:a", "host:2:b", "host:3:c"}
+    assert store.release_claims_of(["host:2:b"]) == 1
+    assert [i.id for i in store.claim_due_outbox(NOW, 10, lease, "host:4:d")] == [second[0].id]
+    # A lease that ran out frees the row for anyone.
+    assert len(store.claim_due_outbox(NOW + lease + timedelta(seconds=1), 10, lease, "other:9:z")) == 3

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +20,25 @@ from .store import OutboxItem, Store
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = timedelta(hours=1)
+# Rows are claimed a few at a time, for long enough to send them all even at a slow relay's
+# timeouts: another sender never takes them meanwhile, and a dead sender's rows come back soon.
+_CLAIM_CHUNK = 10
+_CLAIM_LEASE = timedelta(minutes=5)
+
+
+def _pid_alive(owner: str) -> bool:
+    """Whether the process named in a claim owner ("host:pid:run") still runs on this host."""
+    try:
+        pid = int(owner.split(":")[1])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
 
 
 class SenderSession(Protocol):
@@ -65,6 +87,17 @@ class OutboxDelivery:
         # The poll cycle, the sender thread and the deadline watcher may all ask for a run: two
         # runs at once would read the same due rows and send them twice.
         self._lock = threading.Lock()
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._reclaimed = False
+
+    def _take_back_dead_claims(self) -> None:
+        """Rows held by a process of this host that no longer runs (kill -9, a crash) are sent
+        now rather than when their lease runs out. Other hosts' claims wait for the lease."""
+        host = socket.gethostname()
+        dead = [o for o in self.store.claim_owners(f"{host}:") if o != self._owner and not _pid_alive(o)]
+        released = self.store.release_claims_of(dead)
+        if released:
+            log.warning("took back %d outbox row(s) claimed by a process that is gone (%s)", released, ", ".join(dead))
 
     def deliver_due(self) -> DeliveryReport:
         """Send every row that is due, over one SMTP connection, until none is left or the
@@ -77,7 +110,12 @@ class OutboxDelivery:
         previous: set[int] = set()
         with self._lock, self.sender.session() as session:
             while True:
-                due = self.store.due_outbox(self.clock.now(), self.batch_size)
+                if not self._reclaimed:
+                    self._take_back_dead_claims()
+                    self._reclaimed = True
+                due = self.store.claim_due_outbox(
+                    self.clock.now(), min(self.batch_size, _CLAIM_CHUNK), _CLAIM_LEASE, self._owner
+                )
                 items = [i for i in due if i.id not in previous]
                 if not items:
                     return report
@@ -88,6 +126,7 @@ class OutboxDelivery:
     def _deliver_batch(self, session: SenderSession, items: list[OutboxItem], report: DeliveryReport) -> bool:
         for index, item in enumerate(items):
             if self.stop.is_set():
+                self.store.release_claims([i.id for i in items[index:]])
                 return False
             try:
                 result = session.send(Envelope(item.id, item.envelope_sender, item.recipient, item.data))
@@ -96,6 +135,7 @@ class OutboxDelivery:
                 report.errors.append(str(exc))
                 self._note_outage(str(exc), len(items) - index)
                 self._expire(items[index:])
+                self.store.release_claims([i.id for i in items[index:]])
                 return False
             if self._outage_since is not None:
                 log.warning("SMTP relay reachable again after an outage since %s", self._outage_since.isoformat())

@@ -105,7 +105,7 @@ class ImapInbox:
             raise ImapError(f"cannot connect to {self.settings.host}:{self.settings.port}: {_describe(exc)}") from exc
         try:
             client.normalise_times = False  # aware datetimes, not the machine's local time
-            client.login(self.settings.username, self._password)
+            self._log_in(client)
             status = client.select_folder(self.settings.folder, readonly=self._read_only)
             validity = status.get(b"UIDVALIDITY")
             if validity is None:
@@ -115,6 +115,21 @@ class ImapInbox:
             _shutdown(client)
             raise ImapError(f"IMAP login or select of {self.settings.folder!r} failed: {_describe(exc)}") from exc
         self._client = client
+
+    def _log_in(self, client: IMAPClient) -> None:
+        """LOGIN carries ASCII only; a password with other characters goes by AUTHENTICATE PLAIN,
+        which is UTF-8 (RFC 4616). Never let an encoding error, which quotes the offending
+        character and its position, tell the log anything about the password."""
+        user, password = self.settings.username, self._password
+        if user.isascii() and password.isascii():
+            client.login(user, password)
+            return
+        if not client.has_capability("AUTH=PLAIN"):
+            raise IMAPClientError("the password or user name is not ASCII, and the server offers no AUTH=PLAIN for it")
+        try:
+            client.plain_login(user, password)
+        except UnicodeError:
+            raise IMAPClientError("the server could not take the non-ASCII password or user name") from None
 
     def close(self) -> None:
         client, self._client = self._client, None

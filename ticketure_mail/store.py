@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, func, insert, update
+from sqlalchemy import event, func, insert, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -483,6 +483,66 @@ class Store:
             ).all()
             return [_outbox_item(r) for r in rows]
 
+    def claim_due_outbox(self, now: datetime, limit: int, lease: timedelta, owner: str) -> list[OutboxItem]:
+        """Take up to ``limit`` due rows for this sender alone until ``now + lease``.
+
+        PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent senders get disjoint rows without
+        waiting. SQLite: every transaction begins IMMEDIATE, so claims are serialised anyway.
+        """
+        with self.transaction() as s:
+            rows = s.exec(
+                select(OutboxRow)
+                .where(
+                    OutboxRow.status == "pending",
+                    OutboxRow.next_attempt_at <= now,
+                    or_(OutboxRow.claimed_until == None, OutboxRow.claimed_until <= now),  # noqa: E711 - SQL
+                )
+                .order_by(OutboxRow.next_attempt_at, OutboxRow.id)  # type: ignore[arg-type]
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                row.claimed_until = now + lease
+                row.claimed_by = owner
+                s.add(row)
+            return [_outbox_item(r) for r in rows]
+
+    def release_claims(self, item_ids: Sequence[int]) -> None:
+        """Give rows back unsent (the relay is down, a stop was asked for)."""
+        if not item_ids:
+            return
+        outbox = OutboxRow.__table__  # type: ignore[attr-defined]
+        with self.transaction() as s:
+            s.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(list(item_ids)), outbox.c.status == "pending")
+                .values(claimed_until=None, claimed_by="")
+            )
+
+    def claim_owners(self, owner_prefix: str) -> set[str]:
+        """Distinct owners of live claims whose name starts with a prefix (a host's)."""
+        with self.transaction() as s:
+            rows = s.exec(
+                select(OutboxRow.claimed_by).where(
+                    OutboxRow.claimed_until != None,  # noqa: E711 - SQL
+                    OutboxRow.claimed_by.startswith(owner_prefix),  # type: ignore[attr-defined]
+                ).distinct()
+            ).all()
+            return set(rows)
+
+    def release_claims_of(self, owners: Sequence[str]) -> int:
+        """Give back every row claimed by these owners; how many there were."""
+        if not owners:
+            return 0
+        outbox = OutboxRow.__table__  # type: ignore[attr-defined]
+        with self.transaction() as s:
+            result = s.execute(
+                update(outbox)
+                .where(outbox.c.claimed_by.in_(list(owners)), outbox.c.claimed_until != None)  # noqa: E711
+                .values(claimed_until=None, claimed_by="")
+            )
+            return int(result.rowcount or 0)
+
     def outbox_items(self, statuses: Sequence[str] = ("pending", "failed")) -> list[OutboxItem]:
         with self.transaction() as s:
             rows = s.exec(
@@ -503,7 +563,8 @@ class Store:
             s.execute(
                 update(outbox)
                 .where(outbox.c.id == item_id)
-                .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error="")
+                .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error="", claimed_until=None,
+                        claimed_by="")
             )
             if row.ticket_id is not None:
                 s.execute(
@@ -526,6 +587,7 @@ class Store:
             row.attempts += 1
             row.last_error = error[:2000]
             row.next_attempt_at = next_attempt_at
+            row.claimed_until = None
             s.add(row)
 
     def mark_failed(self, item_id: int, error: str) -> None:
@@ -533,6 +595,7 @@ class Store:
             row = s.get_one(OutboxRow, item_id)
             row.attempts += 1
             row.status = "failed"
+            row.claimed_until = None
             row.last_error = error[:2000]
             s.add(row)
 
@@ -543,6 +606,7 @@ class Store:
                 return False
             row.status = "pending"
             row.next_attempt_at = now
+            row.claimed_until = None
             row.give_up_at = now + self.give_up_after
             s.add(row)
             return True

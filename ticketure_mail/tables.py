@@ -179,6 +179,12 @@ class OutboxRow(SQLModel, table=True):
     last_error: str = _text()
     created_at: datetime = _time()
     sent_at: datetime | None = _time(nullable=True)
+    # While a sender holds the row: no other sender (a second daemon, a cron "poll --once")
+    # takes it before this time. A sender that dies lets the lease run out, then it is retried.
+    claimed_until: datetime | None = _time(nullable=True)
+    # "host:pid:run" of the claiming sender, so a restarted daemon can take back at once what a
+    # dead process on the same host held, instead of waiting for the lease.
+    claimed_by: str = Field(default="", max_length=200)
 
 
 # The per-sender acknowledgement limit counts recent mail to an address in any letter case;
