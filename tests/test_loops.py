@@ -34,6 +34,8 @@ OWN = {"support@ticketure.com"}
         ({"Precedence": "list"}, {}, "client@example.com", False, True),
         ({"Precedence": "junk"}, {}, "client@example.com", False, True),
         ({"List-Id": "<team.lists.example.com>"}, {}, "client@example.com", False, True),
+        ({"List-Unsubscribe": "<mailto:leave@lists.example.com>"}, {}, "client@example.com", False, True),
+        ({"List-Post": "<mailto:team@lists.example.com>"}, {}, "client@example.com", False, True),
         ({"X-Auto-Response-Suppress": "All"}, {}, "client@example.com", False, True),
         ({"X-Auto-Response-Suppress": "DR, AutoReply"}, {}, "client@example.com", False, True),
         ({"X-Auto-Response-Suppress": "OOF"}, {}, "client@example.com", False, False),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -1072,3 +1073,20 @@ def test_nested_multiparts(depth: int, readable: bool) -> None:
     else:
         with pytest.raises(ParseError, match="nesting"):
             parse_mail(data.encode())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["\uff0e\uff0e\uff0fetc\uff0fpasswd", "a\u2215..\u2215passwd", "..\u2044..\u2044passwd", "x\uff3c..\uff3cpasswd"],
+)
+def test_look_alike_slashes_and_dots_never_make_a_path(name: str) -> None:
+    data = _with_attachment(
+        "Content-Type: application/octet-stream",
+        f'Content-Disposition: attachment; filename="{name}"',
+        "Content-Transfer-Encoding: base64",
+    )
+    (attachment,) = parse_mail(data).attachments
+    # Judged as a later conversion (Windows "best fit", NFKC) would see it.
+    seen = unicodedata.normalize("NFKC", attachment.filename).translate({0x2215: "/", 0x2044: "/"})
+    assert "/" not in seen and "\\" not in seen and ".." not in seen
+    assert attachment.filename == "passwd"

@@ -69,6 +69,8 @@ def judge(mail: ParsedMail, own_addresses: Collection[str]) -> LoopVerdict:
         return _no_ack(f"Precedence: {precedence}")
     if mail.header("list-id"):
         return _no_ack("List-Id header (mailing list)")
+    if mail.header("list-post") or mail.header("list-unsubscribe"):
+        return _no_ack("List-Post/List-Unsubscribe header (mailing list or newsletter)")
     suppress = {v.strip().lower() for v in mail.header("x-auto-response-suppress").split(",")}
     if suppress & {"all", "autoreply"}:
         return _no_ack("X-Auto-Response-Suppress asks for no automatic reply")

@@ -882,9 +882,14 @@ def _tnef_name(item: object) -> str:
     return str(name or "").replace("\x00", "")
 
 
+_SLASH_LOOKALIKES = str.maketrans({"\u2215": "/", "\u2044": "/", "\u29f8": "/", "\u29f9": "\\"})
+
+
 def _safe_filename(name: str, content_type: str, number: int, repairs: list[str]) -> str:
     """A base name safe to show and to store, never empty, at most 200 characters."""
-    cleaned = _FILENAME_JUNK.sub("", unicodedata.normalize("NFC", name))
+    # NFKC turns look-alikes into what they look like (full-width "．．／" is "../"), and the
+    # slashes it leaves alone become slashes, so none of them survives as a path part.
+    cleaned = _FILENAME_JUNK.sub("", unicodedata.normalize("NFKC", name)).translate(_SLASH_LOOKALIKES)
     parts = [piece.strip() for piece in cleaned.replace("\\", "/").split("/")]
     parts = [piece for piece in parts if piece not in ("", ".", "..")]
     safe = _DRIVE.sub("", parts[-1] if parts else "").strip().rstrip(". ")
