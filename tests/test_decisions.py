@@ -262,3 +262,13 @@ def test_a_non_participant_joining_by_headers_changes_and_learns_nothing() -> No
     assert plan.from_participant is False
     own = plan_for(parsed(subject="Re: URGENT", from_addr="Client@Example.com"), candidate())
     assert own.escalation is not None and own.from_participant is True
+
+
+def test_split_attachments_keeps_what_fits_in_message_order() -> None:
+    from ticketure_mail.decisions import split_attachments
+    from ticketure_mail.model import Attachment
+
+    a, b, c = (Attachment(n, "application/octet-stream", b"x" * size) for n, size in (("a", 60), ("b", 50), ("c", 30)))
+    assert split_attachments((a, b, c), 100) == ((a, c), (b,))
+    assert split_attachments((a, b, c), 0) == ((), (a, b, c))
+    assert split_attachments((a, b, c), 1000) == ((a, b, c), ())

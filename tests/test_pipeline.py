@@ -259,3 +259,30 @@ def test_an_oversized_message_handed_to_ingest_is_kept_for_a_retry(db_url: str, 
         assert held.raw == raw  # nobody else holds these bytes: the mail server was told "delivered"
     finally:
         application.close()
+
+
+def test_attachments_over_the_limit_are_noted_not_stored(db_url: str, clock: FrozenClock) -> None:
+    settings = settings_from_dict({
+        "imap": {"host": "127.0.0.1", "username": "u", "password_env": "UNUSED"},
+        "smtp": {"host": "127.0.0.1"},
+        "database": {"url": db_url},
+        "attachments": {"max_bytes_per_message": 1000},
+    }, "<test>")
+    application = build_app(settings, clock)
+    SQLModel.metadata.drop_all(application.store.engine)
+    application.store.create_schema()
+    try:
+        raw = (b"From: c@example.com\r\nMessage-ID: <att@example.com>\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
+               b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee files\r\n'
+               b"--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=big.pdf\r\n\r\n"
+               + b"x" * 5000 + b"\r\n--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=small.txt\r\n\r\n"
+               b"small\r\n--b--\r\n")
+        result = application.processor.process(raw, Source("ingest"), START)
+        assert result.outcome == Outcome.CREATED
+        messages = application.store.ticket_messages(application.store.ticket(result.ticket).id)
+        stored = [f.filename for m, files in messages for f in files]
+        notes = [m.body_text for m, _ in messages if m.direction == "internal"]
+        assert stored == ["small.txt"]
+        assert len(notes) == 1 and "big.pdf" in notes[0]
+    finally:
+        application.close()

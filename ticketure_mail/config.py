@@ -267,6 +267,12 @@ class AcknowledgementSettings:
 
 
 @dataclass(frozen=True)
+class AttachmentSettings:
+    # Decoded attachment bytes kept per message; files past it are left out and noted on the ticket.
+    max_bytes_per_message: int = 26_214_400
+
+
+@dataclass(frozen=True)
 class ThreadingSettings:
     # Who may join a ticket by its reference in the subject alone (no In-Reply-To/References):
     # "participants" (the requester and earlier senders) or "anyone".
@@ -287,6 +293,7 @@ class Settings:
     escalation: EscalationSettings = field(default_factory=EscalationSettings)
     acknowledgement: AcknowledgementSettings = field(default_factory=AcknowledgementSettings)
     threading: ThreadingSettings = field(default_factory=ThreadingSettings)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
     request_types: RequestTypeSettings = field(default_factory=RequestTypeSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     staff: StaffSettings = field(default_factory=StaffSettings)
@@ -511,6 +518,8 @@ def _check_semantics(settings: Settings) -> None:
         need(value >= 1, key, "must be at least 1")
         need(value <= high, key, f"must be at most {high}")
     _check_database_url(settings.database.url, need)
+    need(0 <= settings.attachments.max_bytes_per_message <= 2**31, "attachments.max_bytes_per_message",
+         "must be between 0 and 2 GiB")
     need(bool(settings.urgency.markers), "urgency.markers", "must name at least one marker")
     for i, marker in enumerate(settings.urgency.markers):
         need(bool(marker.strip()), f"urgency.markers[{i}]", "must not be empty")

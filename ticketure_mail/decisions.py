@@ -33,7 +33,7 @@ from typing import Literal
 from .acknowledgement import AckKind
 from .deadlines import ServicePolicy, due_at
 from .loops import LoopVerdict
-from .model import Address, Outcome, ParsedMail, Priority, RequestType
+from .model import Address, Attachment, Outcome, ParsedMail, Priority, RequestType
 from .senders import address_key, answer_address, requester_of, unanswerable_reason
 from .request_types import STANDARD, TypeMatch, TypeRules
 from .staff import NO_STAFF, StaffDirectory
@@ -127,6 +127,8 @@ class Plan:
     bounced_message_ids: tuple[str, ...] = ()
     # False for a sender who had not taken part in the ticket (see the threading rule).
     from_participant: bool = True
+    # Attachments over the per-message limit: not stored, named in a note on the ticket.
+    dropped_attachments: tuple[Attachment, ...] = ()
 
 
 def dedupe_key(mail: ParsedMail) -> str:
@@ -138,6 +140,21 @@ def dedupe_key(mail: ParsedMail) -> str:
             return key
         return "mid-sha256:" + hashlib.sha256(mail.message_id.encode("utf-8", "surrogatepass")).hexdigest()
     return f"digest:{mail.content_digest}"
+
+
+def split_attachments(attachments: tuple[Attachment, ...], limit: int) -> tuple[tuple[Attachment, ...], tuple[Attachment, ...]]:
+    """Which attachments fit in ``limit`` bytes, in message order, and which do not. A file
+    that does not fit is left out, but a smaller one after it may still be kept."""
+    kept: list[Attachment] = []
+    dropped: list[Attachment] = []
+    room = limit
+    for attachment in attachments:
+        if attachment.size <= room:
+            kept.append(attachment)
+            room -= attachment.size
+        else:
+            dropped.append(attachment)
+    return tuple(kept), tuple(dropped)
 
 
 def thread_index_root(mail: ParsedMail) -> str | None:
@@ -183,13 +200,18 @@ def decide(
     ack_limit: str = "",
     type_rules: TypeRules | None = None,
     staff: StaffDirectory = NO_STAFF,
+    attachment_limit: int | None = None,
 ) -> Plan:
     """The plan for one message that is not a duplicate.
 
-    ``ack_limit`` is why one more acknowledgement to this sender would be too many ("" if not).
+    ``ack_limit`` is why one more acknowledgement to this sender would be too many ("" if not);
+    ``attachment_limit`` the decoded attachment bytes a message may store (None: no limit).
     """
     plan = _decide(mail, source, received_at, candidate, verdict, urgency, policy, acknowledge_followups,
                    subject_reference_from, type_rules, staff)
+    if attachment_limit is not None:
+        _kept, dropped = split_attachments(mail.attachments, attachment_limit)
+        plan = replace(plan, dropped_attachments=dropped)
     if plan.ack is not None and ack_limit:
         reason = "; ".join(p for p in (plan.reason, f"acknowledgement suppressed: {ack_limit}") if p)
         return replace(plan, ack=None, ack_recipient=None, ack_suppressed=ack_limit, reason=reason)

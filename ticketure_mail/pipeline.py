@@ -125,6 +125,7 @@ class Processor:
             ack_limit=self._ack_limit(mail, now, session),
             type_rules=self.type_rules,
             staff=self.staff,
+            attachment_limit=self.settings.attachments.max_bytes_per_message,
         )
 
     def _ack_limit(self, mail: ParsedMail, now: datetime, session: Session | None) -> str:

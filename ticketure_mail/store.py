@@ -386,8 +386,15 @@ class Store:
         s.add(row)
         s.flush()
         assert row.id is not None
+        dropped = {id(a) for a in plan.dropped_attachments}
         for attachment in mail.attachments:
-            s.add(_attachment_row(row.id, attachment))
+            if id(attachment) not in dropped:
+                s.add(_attachment_row(row.id, attachment))
+        if plan.dropped_attachments:
+            names = ", ".join(f"{a.filename} ({a.size} bytes)" for a in plan.dropped_attachments)
+            s.add(MessageRow(ticket_id=ticket_id, direction="internal", kind="note", subject="attachments not stored",
+                             received_at=plan.received_at, source=plan.source.label(),
+                             body_text=f"Over attachments.max_bytes_per_message; kept in the raw message only: {names}"))
 
     def _queue(self, s: Session, ticket_id: int | None, kind: str, outgoing: OutgoingMail, now: datetime) -> None:
         s.add(
