@@ -141,10 +141,7 @@ def build_acknowledgement(
         if len(chain) > _MAX_REFERENCES:
             chain = [chain[0], *chain[-(_MAX_REFERENCES - 1) :]]
         msg["References"] = " ".join(f"<{m}>" for m in chain)
-    msg["Auto-Submitted"] = "auto-replied"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Loop"] = settings.support.address
-    msg[LOOP_HEADER] = facts.reference
+    mark_as_ours(msg, "auto-replied", settings, facts.reference)
     msg.set_content(body, cte="quoted-printable")
     return OutgoingMail(
         message_id=message_id,
@@ -153,6 +150,14 @@ def build_acknowledgement(
         subject=subject,
         data=msg.as_bytes(),
     )
+
+
+def mark_as_ours(msg: EmailMessage, auto_submitted: str, settings: Settings, reference: str) -> None:
+    """The headers that keep robots (ours included) from answering mail we send (RFC 3834)."""
+    msg["Auto-Submitted"] = auto_submitted
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["X-Loop"] = settings.support.address
+    msg[LOOP_HEADER] = reference
 
 
 def ack_subject(reference: str, subject: str, prefix: str) -> str:

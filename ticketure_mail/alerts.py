@@ -10,9 +10,8 @@ from email.policy import SMTP
 from email.utils import format_datetime
 from typing import Literal
 
-from .acknowledgement import PRIORITY_NAMES, REQUEST_TYPE_LABELS, OutgoingMail, format_due
+from .acknowledgement import PRIORITY_NAMES, REQUEST_TYPE_LABELS, OutgoingMail, format_due, mark_as_ours
 from .config import Settings
-from .loops import LOOP_HEADER
 from .model import RequestType
 
 AlertStage = Literal["due_soon", "breached"]
@@ -74,10 +73,7 @@ def build_alert(facts: AlertFacts, settings: Settings, message_id: str, now: dat
     msg["Subject"] = subject
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = f"<{message_id}>"
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Loop"] = settings.support.address
-    msg[LOOP_HEADER] = facts.reference
+    mark_as_ours(msg, "auto-generated", settings, facts.reference)
     msg.set_content(body, cte="quoted-printable")
     return OutgoingMail(
         message_id=message_id,
