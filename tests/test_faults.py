@@ -123,6 +123,8 @@ def test_an_absent_relay_is_logged_once_and_mail_waits(mailbox: ImapAccount, sin
         outage_lines = [r for r in caplog.records if "SMTP relay unavailable" in r.getMessage()]
         assert len(outage_lines) == 1
         assert {i.status for i in application.store.outbox_items()} == {"pending"}
+        # outbox list shows why they wait.
+        assert all(i.last_error.startswith("relay unavailable") for i in application.store.outbox_items())
     finally:
         application.close()
 

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ticketure-mail {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", help="run the daemon: poll the mailbox on a schedule until SIGTERM or SIGINT")
+    sub.add_parser("run", help="run the daemon: take new mail as IMAP IDLE announces it (and poll on a schedule) "
+                   "until SIGTERM or SIGINT")
 
     poll = sub.add_parser("poll", help="poll the mailbox")
     poll.add_argument("--once", action="store_true", required=True,
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     qretry = qsub.add_parser("retry", help="process held messages again")
     qretry.add_argument("id", metavar="ID|all")
 
-    sub.add_parser("check-config", help="validate the config and try to log in to IMAP and SMTP")
+    sub.add_parser("check-config", help="validate the config, log in to IMAP and SMTP and open the database")
     return parser
 
 
@@ -204,7 +205,7 @@ def _poll_once(app: App) -> int:
         poller.close()
     d = report.delivery
     print(
-        f"processed {report.processed} message(s) {_counts(report.outcomes)}; "
+        f"processed {report.processed} message(s){_counts(report.outcomes)}; "
         f"sent {d.sent}, retrying {d.retrying}, failed {d.failed}"
     )
     problems = [p for p in (report.imap_error, report.storage_error, *(d.errors[:1] if d.unavailable else [])) if p]
@@ -380,9 +381,10 @@ def _quarantine(app: App, args: argparse.Namespace) -> int:
 
 
 def _check_config(settings: Any) -> int:
+    imap_password, smtp_password = read_secret(settings, "imap"), read_secret(settings, "smtp")
     print(f"config {settings.source}: valid")
     ok = True
-    inbox = ImapInbox(settings.imap, read_secret(settings, "imap"))
+    inbox = ImapInbox(settings.imap, imap_password)
     try:
         inbox.connect()
         print(f"imap: ok: logged in to {settings.imap.host}:{settings.imap.port} as {settings.imap.username}; "
@@ -393,7 +395,7 @@ def _check_config(settings: Any) -> int:
     finally:
         inbox.close()
     try:
-        print(f"smtp: ok: {SmtpSender(settings.smtp, read_secret(settings, 'smtp')).check()}")
+        print(f"smtp: ok: {SmtpSender(settings.smtp, smtp_password).check()}")
     except SmtpUnavailable as exc:
         print(f"smtp: FAILED: {exc}")
         ok = False
@@ -544,7 +546,7 @@ def _iso(value: datetime | None) -> str | None:
 def _counts(outcomes: dict[str, int]) -> str:
     if not outcomes:
         return ""
-    return "(" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ")"
+    return " (" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ")"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -135,7 +135,7 @@ class OutboxDelivery:
                 report.errors.append(str(exc))
                 self._note_outage(str(exc), len(items) - index)
                 self._expire(items[index:])
-                self.store.release_claims([i.id for i in items[index:]])
+                self.store.release_claims([i.id for i in items[index:]], f"relay unavailable: {exc}")
                 return False
             if self._outage_since is not None:
                 log.warning("SMTP relay reachable again after an outage since %s", self._outage_since.isoformat())

@@ -198,7 +198,7 @@ class Processor:
 def _duplicate(mail: ParsedMail, key: str) -> ProcessResult:
     return ProcessResult(
         outcome=Outcome.DUPLICATE,
-        reason=f"already processed ({key.split(':', 1)[0]} match)",
+        reason="already processed: " + ("same content" if key.startswith("digest:") else "same Message-ID"),
         subject=mail.subject,
         from_address=mail.from_address.address if mail.from_address else "",
         message_id=mail.message_id,

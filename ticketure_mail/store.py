@@ -514,16 +514,18 @@ class Store:
                 s.add(row)
             return [_outbox_item(r) for r in rows]
 
-    def release_claims(self, item_ids: Sequence[int]) -> None:
-        """Give rows back unsent (the relay is down, a stop was asked for)."""
+    def release_claims(self, item_ids: Sequence[int], error: str = "") -> None:
+        """Give rows back unsent (the relay is down, a stop was asked for); ``error``, when
+        given, is kept as their last error so that ``outbox list`` shows why they wait."""
         if not item_ids:
             return
         outbox = OutboxRow.__table__  # type: ignore[attr-defined]
+        values: dict[str, Any] = {"claimed_until": None, "claimed_by": ""}
+        if error:
+            values["last_error"] = error[:2000]
         with self.transaction() as s:
             s.execute(
-                update(outbox)
-                .where(outbox.c.id.in_(list(item_ids)), outbox.c.status == "pending")
-                .values(claimed_until=None, claimed_by="")
+                update(outbox).where(outbox.c.id.in_(list(item_ids)), outbox.c.status == "pending").values(**values)
             )
 
     def claim_owners(self, owner_prefix: str) -> set[str]:
