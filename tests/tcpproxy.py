@@ -11,7 +11,9 @@ from servers import LOCALHOST
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target. ``cut_after(n)`` closes every connection once the
-    server has sent n more bytes through it, as a dropped network would, without a goodbye."""
+    server has sent n more bytes through it, as a dropped network would, without a goodbye.
+    ``stall(True)`` throws away what the server sends and closes nothing, as a NAT or firewall
+    that forgot the connection does: the client waits for answers that never come."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -20,6 +22,7 @@ class TcpProxy:
         self.host = LOCALHOST
         self._lock = threading.Lock()
         self._budget: int | None = None
+        self._stalled = False
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -27,6 +30,10 @@ class TcpProxy:
     def cut_after(self, server_bytes: int | None) -> None:
         with self._lock:
             self._budget = server_bytes
+
+    def stall(self, stalled: bool) -> None:
+        with self._lock:
+            self._stalled = stalled
 
     def close(self) -> None:
         self._closed = True
@@ -62,6 +69,8 @@ class TcpProxy:
                     break
                 if from_server:
                     with self._lock:
+                        if self._stalled:
+                            continue
                         if self._budget is not None:
                             if len(data) >= self._budget:
                                 data = data[: self._budget]

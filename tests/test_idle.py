@@ -175,6 +175,35 @@ def test_the_watcher_renews_idle_and_still_hears_new_mail(mailbox: ImapAccount, 
     assert watcher.supported is True
 
 
+def test_a_connection_dropped_without_a_goodbye_is_found_at_the_next_renewal(
+    mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = TcpProxy(mailbox.host, mailbox.port)
+    table = config_table(mailbox, sink, "sqlite://", tmp_path / "pw",
+                         imap={"port": proxy.port, "idle_refresh_minutes": 0.02, "connect_timeout_seconds": 2.0,
+                               "read_timeout_seconds": 2.0})
+    settings = settings_from_dict(table, "<test>")
+    wakes: list[str] = []
+    watcher = IdleWatcher(lambda: ImapInbox(settings.imap, mailbox.password, read_only=True), wakes.append,
+                          settings.imap)
+    caplog.set_level(logging.WARNING, logger="ticketure_mail")
+    watcher.start()
+    try:
+        assert watcher.idling.wait(30)
+        # Nothing is closed, the server's answers just stop arriving: only the renewal, which
+        # needs an answer, can tell. Without its deadline the watcher would wait forever.
+        proxy.stall(True)
+        wait_until(lambda: "IDLE connection lost" in caplog.text, 30, "the silent connection to be given up")
+        entered = wakes.count("idle-start")
+        proxy.stall(False)
+        wait_until(lambda: wakes.count("idle-start") > entered, 60, "IDLE on a new connection")
+        mailbox.append(raw_message(message_id="<after-stall@example.com>"))
+        wait_until(lambda: "idle" in wakes, 30, "the new mail to be announced")
+    finally:
+        watcher.stop(timeout=30)
+        proxy.close()
+
+
 def test_a_wake_up_during_a_run_brings_exactly_one_more_run() -> None:
     started, release = threading.Event(), threading.Event()
     runs: list[int] = []

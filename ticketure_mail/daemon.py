@@ -84,7 +84,7 @@ def run_daemon(app: App) -> None:
 def _cycle(poller: Poller) -> None:
     try:
         report = poller.cycle()
-    except Exception:  # the scheduler would only log it; say which part failed and carry on
+    except Exception:  # the worker would only log it; say which part failed and carry on
         log.exception("poll cycle failed")
         return
     if report.processed or report.delivery.sent or report.delivery.failed:

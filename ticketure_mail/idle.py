@@ -84,8 +84,10 @@ class IdleWatcher:
                     lost_since = None
                 retry = _FIRST_RETRY_SECONDS
                 self._watch(inbox)
-            except ImapError as exc:
+            except Exception as exc:  # whatever it was, a watcher that gives up leaves only the timer
                 self.idling.clear()
+                if not isinstance(exc, ImapError):
+                    log.exception("IDLE watcher failed on %s", self.settings.host)
                 if lost_since is None:
                     lost_since = time.monotonic()
                     # Once per outage: the poll cycle logs its own view of an IMAP outage.
@@ -134,8 +136,8 @@ class IdleWatcher:
                 if in_idle:
                     inbox.end_idle()
                 inbox.close()
-        except ImapError:
-            pass  # end_idle dropped the connection already
+        except Exception:  # the connection is being thrown away: cut it, say nothing more on it
+            inbox.abort()
 
     @contextmanager
     def _deadline(self, inbox: ImapInbox) -> Iterator[None]:
