@@ -266,3 +266,20 @@ def test_the_daemon_runs_the_watcher_on_its_schedule(
     assert process.returncode == 0, log
     assert "deadline breached ticket=TKT-000001" in log and "daemon stopped" in log
     assert len(alerts(sink)) == 1
+
+
+def test_a_backlog_of_due_tickets_is_read_a_page_at_a_time(
+    app: App, clock: FrozenClock, mailbox: ImapAccount, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ticketure_mail.watcher as watcher_module
+
+    monkeypatch.setattr(watcher_module, "PAGE_SIZE", 2)
+    for n in range(5):
+        mailbox.append(raw_message(subject=f"Backlog {n}", sender=f"b{n}@example.com",
+                                   message_id=f"<page-{n}@example.com>"), internal_date=ARRIVAL)
+    assert app.poller().cycle().outcomes == {"created": 5}
+    clock.set(DUE - timedelta(hours=3))
+    assert watch_and_send(app) == (5, 0)
+    clock.set(DUE)
+    assert watch_and_send(app) == (0, 5)
+    assert watch_and_send(app) == (0, 0)

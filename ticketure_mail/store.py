@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, func, insert, or_, update
+from sqlalchemy import and_, event, func, insert, or_, true, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -724,7 +724,9 @@ class Store:
 
     # --- deadline alerts ---------------------------------------------------------------------
 
-    def unanswered_due_by(self, until: datetime) -> list[TicketRow]:
+    def unanswered_due_by(
+        self, until: datetime, limit: int | None = None, after: tuple[datetime, int] | None = None
+    ) -> list[TicketRow]:
         """Open tickets without a first response whose deadline is at or before ``until``,
         leaving out those already alerted as breached for that deadline (nothing is left to
         raise for them, and old unanswered tickets would otherwise be read on every run)."""
@@ -740,8 +742,13 @@ class Store:
                         TicketRow.first_response_at.is_(None),  # type: ignore[union-attr]
                         TicketRow.due_at <= until,
                         ~breached.exists(),
+                        # A page after (deadline, id): a backlog of tickets is read a page at a time.
+                        true() if after is None else or_(
+                            TicketRow.due_at > after[0], and_(TicketRow.due_at == after[0], TicketRow.id > after[1])
+                        ),
                     )
                     .order_by(TicketRow.due_at, TicketRow.id)  # type: ignore[arg-type]
+                    .limit(limit)
                 )
             )
 

@@ -73,6 +73,10 @@ def alerts_due(
     return due
 
 
+# Tickets read per query: after an outage thousands may be due, and memory must stay flat.
+PAGE_SIZE = 500
+
+
 def leads_from_settings(due_soon: DueSoonSettings) -> dict[Priority, timedelta]:
     texts = (due_soon.priority_1, due_soon.priority_2, due_soon.priority_3, due_soon.priority_4)
     return {p: parse_duration(t) for p, t in zip(Priority, texts, strict=True)}
@@ -105,19 +109,30 @@ class DeadlineWatcher:
         report = WatchReport()
         now = self.clock.now()
         try:
-            rows = self.store.unanswered_due_by(now + max(self.leads.values()))
-            by_id = {row.id: row for row in rows if row.id is not None}
-            raised = self.store.raised_alerts(list(by_id))
-            for alert in alerts_due((_watched(r) for r in rows), raised, now, self.leads):
-                if self._raise(by_id[alert.ticket_id], alert, now):
-                    if alert.stage == "breached":
-                        report.breached += 1
-                    else:
-                        report.due_soon += 1
+            until = now + max(self.leads.values())
+            after: tuple[datetime, int] | None = None
+            while True:
+                rows = self.store.unanswered_due_by(until, limit=PAGE_SIZE, after=after)
+                if not rows:
+                    break
+                self._check_page(rows, now, report)
+                last = rows[-1]
+                assert last.id is not None
+                after = (last.due_at, last.id)
         except SQLAlchemyError as exc:
             report.error = f"deadline watcher: database unavailable: {exc.__class__.__name__}"
             log.warning("%s", report.error)
         return report
+
+    def _check_page(self, rows: list[TicketRow], now: datetime, report: WatchReport) -> None:
+        by_id = {row.id: row for row in rows if row.id is not None}
+        raised = self.store.raised_alerts(list(by_id))
+        for alert in alerts_due((_watched(r) for r in rows), raised, now, self.leads):
+            if self._raise(by_id[alert.ticket_id], alert, now):
+                if alert.stage == "breached":
+                    report.breached += 1
+                else:
+                    report.due_soon += 1
 
     def _raise(self, ticket: TicketRow, alert: DueAlert, now: datetime) -> bool:
         address = self.settings.watcher.alert_address
