@@ -7,6 +7,8 @@ removed at the end; pass --keep to keep the working folder (config, database, lo
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
 import os
 import shutil
 import signal
@@ -51,7 +53,7 @@ def main() -> int:
         for sample in samples:
             print(f"    {sample.name}")
 
-        step("Starting the daemon: ticketure-mail run (polls every 2 s)")
+        step("Starting the daemon: ticketure-mail run (IMAP IDLE for new mail, a 2 s poll as the safety net)")
         log_path = work / "daemon.log"
         daemon = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.DEVNULL,
                                   stderr=log_path.open("wb"), cwd=work)
@@ -60,9 +62,13 @@ def main() -> int:
         standard, robot = by_client["chloe.dubois@example.fr"], by_client["dev.patel@example.com"]
         step(f"The sink received {len(acks)} acknowledgements. A client answers hers, now marking it urgent, "
              "and an out-of-office robot answers another:")
-        account.append(reply_to(standard, "Re: urgent " + standard["Subject"],
-                                "Les soldes commencent demain matin, c'est devenu urgent."))
-        account.append(out_of_office(robot))
+        follow_up = reply_to(standard, "Re: urgent " + standard["Subject"],
+                             "Les soldes commencent demain matin, c'est devenu urgent.")
+        autoreply = out_of_office(robot)
+        for raw in (follow_up, autoreply):
+            account.append(raw)
+            sent = email.message_from_bytes(raw, policy=email.policy.default)
+            print(f"    from {sent['From']}: {sent['Subject']}")
         sink.wait_for(len(acks) + 1, timeout=60)  # the escalation acknowledgement
         time.sleep(3)  # a further cycle, to show nothing answers the robot
         daemon.send_signal(signal.SIGTERM)
