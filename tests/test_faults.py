@@ -342,3 +342,85 @@ def test_two_senders_on_one_database_send_each_acknowledgement_once(
     finally:
         for a in apps:
             a.close()
+
+
+class TricklingServer:
+    """Accepts connections and sends one byte every half second, forever: every single read
+    succeeds, so a per-read timeout never fires."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while not self._stop.is_set():
+                conn.sendall(b"*")
+                time.sleep(0.5)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+def test_a_trickling_imap_server_is_given_up_on_within_a_deadline(mailbox: ImapAccount, sink: SmtpSink,
+                                                                  tmp_path: Path, clock: FrozenClock) -> None:
+    server = TricklingServer()
+    try:
+        table = config_table(mailbox, sink, f"sqlite:///{tmp_path / 't.sqlite3'}", tmp_path / "pw",
+                             imap={"port": server.port, "connect_timeout_seconds": 1.0, "read_timeout_seconds": 1.0})
+        application = build_app(settings_from_dict(table, "<test>"), clock)
+        try:
+            started = time.monotonic()
+            report = application.poller().cycle()
+            assert report.imap_error and "greeting" in report.imap_error
+            assert time.monotonic() - started < 60  # bounded, where it used to hang forever
+        finally:
+            application.close()
+    finally:
+        server.close()
+
+
+def test_a_command_that_never_ends_is_cut_by_the_watchdog(mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path,
+                                                          clock: FrozenClock) -> None:
+    from ticketure_mail.errors import ImapError
+
+    table = config_table(mailbox, sink, f"sqlite:///{tmp_path / 'w.sqlite3'}", tmp_path / "pw",
+                         imap={"read_timeout_seconds": 1.0})
+    application = build_app(settings_from_dict(table, "<test>"), clock)
+    inbox = application.inbox()
+    try:
+        inbox.connect()
+
+        def endless(client):  # type: ignore[no-untyped-def]
+            # Every read succeeds at once, so no per-read timeout fires: only a total deadline helps.
+            while True:
+                client.noop()
+
+        started = time.monotonic()
+        with pytest.raises(ImapError, match="endless"):
+            inbox._run("endless", endless)
+        assert time.monotonic() - started < 60
+        assert not inbox.connected
+    finally:
+        inbox.close()
+        application.close()

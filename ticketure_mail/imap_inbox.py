@@ -7,7 +7,9 @@ import logging
 import selectors
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -99,22 +101,78 @@ class ImapInbox:
     def connect(self) -> None:
         """Connect, log in and select the folder; raises ImapError naming what failed."""
         self.close()
+        client = self._open_with_deadline()
+        self._client = client
         try:
-            client = self._client_factory()
+            with self._watchdog(self._command_deadline()):
+                client.normalise_times = False  # aware datetimes, not the machine's local time
+                self._log_in(client)
+                status = client.select_folder(self.settings.folder, readonly=self._read_only)
+                validity = status.get(b"UIDVALIDITY")
+                if validity is None:
+                    validity = client.folder_status(self.settings.folder, ["UIDVALIDITY"])[b"UIDVALIDITY"]
+                self.uidvalidity = int(validity)
         except CONNECTION_ERRORS as exc:
-            raise ImapError(f"cannot connect to {self.settings.host}:{self.settings.port}: {_describe(exc)}") from exc
-        try:
-            client.normalise_times = False  # aware datetimes, not the machine's local time
-            self._log_in(client)
-            status = client.select_folder(self.settings.folder, readonly=self._read_only)
-            validity = status.get(b"UIDVALIDITY")
-            if validity is None:
-                validity = client.folder_status(self.settings.folder, ["UIDVALIDITY"])[b"UIDVALIDITY"]
-            self.uidvalidity = int(validity)
-        except CONNECTION_ERRORS as exc:
+            self._client = None
             _shutdown(client)
             raise ImapError(f"IMAP login or select of {self.settings.folder!r} failed: {_describe(exc)}") from exc
-        self._client = client
+
+    def _open_with_deadline(self) -> IMAPClient:
+        """The connection and its greeting, within a total deadline. imapclient's timeouts apply
+        to each read, so a server sending one byte at a time would hold a plain call forever;
+        no socket is reachable before the constructor returns, so it runs on a helper thread
+        that is left behind (and closes what it gets, if it ever does) when time is up."""
+        s = self.settings
+        deadline = s.connect_timeout_seconds + 2 * s.read_timeout_seconds
+        outcome: dict[str, object] = {}
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def attempt() -> None:
+            try:
+                made = self._client_factory()
+            except BaseException as exc:  # handed to the waiting thread
+                outcome["error"] = exc
+            else:
+                with lock:
+                    if outcome.get("abandoned"):
+                        _shutdown(made)
+                    else:
+                        outcome["client"] = made
+            finally:
+                done.set()
+
+        threading.Thread(target=attempt, name="imap-connect", daemon=True).start()
+        finished = done.wait(deadline)
+        with lock:
+            if not finished:
+                outcome["abandoned"] = True
+                raise ImapError(f"no complete greeting from {s.host}:{s.port} within {deadline:.0f} s")
+        error = outcome.get("error")
+        if isinstance(error, CONNECTION_ERRORS):
+            raise ImapError(f"cannot connect to {s.host}:{s.port}: {_describe(error)}") from error
+        if isinstance(error, BaseException):
+            raise error
+        client = outcome["client"]
+        assert isinstance(client, IMAPClient)
+        return client
+
+    def _command_deadline(self, expected_bytes: int = 0) -> float:
+        """How long one command may take in all: ten read timeouts, plus time for the bytes it
+        brings at a slow 100 KiB/s, so a large batch is never cut on a slow link."""
+        return self.settings.read_timeout_seconds * 10 + expected_bytes / (100 * 1024)
+
+    @contextmanager
+    def _watchdog(self, seconds: float) -> Iterator[None]:
+        """Past the deadline the socket is shut from a timer thread, so a read that keeps
+        receiving a trickle fails in the owning thread instead of going on for ever."""
+        timer = threading.Timer(seconds, self.abort)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def _log_in(self, client: IMAPClient) -> None:
         """LOGIN carries ASCII only; a password with other characters goes by AUTHENTICATE PLAIN,
@@ -145,10 +203,11 @@ class ImapInbox:
             raise ImapError("not connected")
         return self._client
 
-    def _run(self, what: str, action: Callable[[IMAPClient], T]) -> T:
+    def _run(self, what: str, action: Callable[[IMAPClient], T], expected_bytes: int = 0) -> T:
         client = self._require()
         try:
-            return action(client)
+            with self._watchdog(self._command_deadline(expected_bytes)):
+                return action(client)
         except CONNECTION_ERRORS as exc:
             self._client = None
             _shutdown(client)
@@ -176,7 +235,8 @@ class ImapInbox:
             return []
         meta = self._run("fetch", lambda c: c.fetch(list(uids), ["RFC822.SIZE", "INTERNALDATE"]))
         wanted = [u for u in uids if u in meta and int(meta[u].get(b"RFC822.SIZE", 0)) <= max_bytes]
-        bodies = self._run("fetch", lambda c: c.fetch(wanted, ["BODY.PEEK[]"])) if wanted else {}
+        expected = sum(int(meta[u].get(b"RFC822.SIZE", 0)) for u in wanted)
+        bodies = self._run("fetch", lambda c: c.fetch(wanted, ["BODY.PEEK[]"]), expected) if wanted else {}
         result = []
         for uid in uids:
             info = meta.get(uid)
