@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from daemonproc import sqlite_count  # noqa: E402
 from servers import DovecotServer, ImapAccount, SmtpSink  # noqa: E402
 
 CLI = str(ROOT / ".venv" / "bin" / "ticketure-mail")
@@ -123,7 +123,7 @@ def one_run(args: argparse.Namespace, dovecot: DovecotServer, sink: SmtpSink, ru
              what=f"{args.messages} acknowledgements", daemon=daemon, log_path=log_path)
         received = sink.messages
         backlog_seconds = received[args.messages - 1].received_at - t0
-        wait(lambda: count(db_file, "select count(*) from ticket") >= args.messages, timeout=30,
+        wait(lambda: sqlite_count(db_file, "select count(*) from ticket") >= args.messages, timeout=30,
              what="every ticket", daemon=daemon, log_path=log_path)
         check_backlog(received, args.messages, db_file)
         say(args, f"  backlog cleared in {backlog_seconds:.1f} s; measuring idle latency")
@@ -284,7 +284,7 @@ def idle_latencies(account: ImapAccount, sink: SmtpSink, samples: int, rng: rand
 
 def check_backlog(received: list, n: int, db_file: Path) -> None:  # type: ignore[type-arg]
     recipients = {m.rcpt_tos[0] for m in received}
-    tickets = count(db_file, "select count(*) from ticket")
+    tickets = sqlite_count(db_file, "select count(*) from ticket")
     if len(received) != n or len(recipients) != n or tickets != n:
         raise SystemExit(f"bench: expected {n} tickets and {n} distinct acknowledgements, got {tickets} tickets, "
                          f"{len(received)} acknowledgements to {len(recipients)} addresses")
@@ -295,16 +295,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise SystemExit("bench: no VmHWM in /proc/<pid>/status")
-
-
-def count(db_file: Path, sql: str) -> int:
-    if not db_file.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute(sql).fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0  # the schema may not exist yet
 
 
 def wait(condition, *, timeout: float, what: str, daemon: subprocess.Popen[bytes], log_path: Path,  # type: ignore[no-untyped-def]

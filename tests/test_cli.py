@@ -1,11 +1,9 @@
 """The command line, run as a user runs it: a config file, a subprocess, real servers."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -154,7 +152,7 @@ def test_daemon_acknowledges_new_mail_and_stops_on_sigterm(config: Path, mailbox
             process.communicate()
     assert process.returncode == 0, stderr.decode()
     log = stderr.decode()
-    assert f"created message-id=<daemon@example.com> source=imap:INBOX:" in log
+    assert "created message-id=<daemon@example.com> source=imap:INBOX:" in log
     assert f":{uid} ticket=TKT-000001 priority=1" in log
     assert "daemon stopped" in log
 

@@ -24,7 +24,6 @@ from .subjects import reference_pattern, strip_reply_prefixes
 
 AckKind = Literal["standard", "urgent", "escalated"]
 
-PLACEHOLDERS = ack_templates.PLACEHOLDERS
 PRIORITY_NAMES = {1: "Urgent", 2: "High", 3: "Normal", 4: "Low"}
 REQUEST_TYPE_LABELS = {
     RequestType.STANDARD: "Standard support",

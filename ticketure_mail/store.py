@@ -20,7 +20,7 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from .acknowledgement import OutgoingMail, TicketFacts
 from .decisions import Plan, Source, ThreadCandidate, same_conversation_subject, thread_index_root
-from .model import Attachment, Outcome, ParsedMail, Priority, ProcessResult, RequestType
+from .model import Attachment, ParsedMail, Priority, ProcessResult, RequestType
 from .clock import as_utc
 from .senders import address_key
 from .subjects import find_reference, format_reference
@@ -660,10 +660,6 @@ class Store:
                 ).one(),
             }
 
-    def ledger(self) -> list[LedgerRow]:
-        with self.transaction() as s:
-            return list(s.exec(select(LedgerRow).order_by(LedgerRow.id)))  # type: ignore[arg-type]
-
     def find_tickets(
         self,
         *,
@@ -817,7 +813,3 @@ def _outbox_item(row: OutboxRow) -> OutboxItem:
         sent_at=row.sent_at,
     )
 
-
-def ledger_outcomes(store: Store) -> dict[str, Outcome]:
-    """Every processed dedupe key and its outcome; for tests and diagnostics."""
-    return {row.dedupe_key: Outcome(row.outcome) for row in store.ledger()}
