@@ -7,18 +7,16 @@ import string
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.headerregistry import Address as HeaderAddress
-from email.message import EmailMessage
-from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from . import ack_templates
+from . import ack_templates, mime_writer
 from .config import WEEKDAY_NAMES, CalendarSettings, Settings, config_dir, parse_duration
 from .deadlines import Target, policy_from_settings
 from .loops import LOOP_HEADER
+from .mime_writer import one_line
 from .model import Address, ParsedMail, Priority, RequestType
 from .subjects import reference_pattern, strip_reply_prefixes
 
@@ -36,11 +34,6 @@ REQUEST_TYPE_LABELS = {
 _MAX_REFERENCES = 10
 _MAX_DISPLAY_NAME = 78
 _MAX_SUBJECT = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-# Fold headers only past the hard limit: the standard library's folding at 78 moves a whole
-# subject onto a continuation line or into needless encoded-words, which some clients show raw.
-_ASCII_POLICY = SMTP.clone(max_line_length=998)
-_UTF8_POLICY = SMTPUTF8.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -127,41 +120,44 @@ def build_acknowledgement(
         _placeholder_values(facts, recipient, settings)
     )
 
-    needs_utf8 = not recipient.address.isascii()
-    msg = EmailMessage(policy=_UTF8_POLICY if needs_utf8 else _ASCII_POLICY)
-    msg["From"] = HeaderAddress(display_name=settings.smtp.from_name, addr_spec=settings.smtp.from_address)
-    msg["To"] = _header_address(recipient)
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = f"<{message_id}>"
+    # A recipient address outside ASCII can only go out as SMTPUTF8, with UTF-8 headers.
+    utf8 = not recipient.address.isascii()
+    headers = [
+        ("From", mime_writer.address(settings.smtp.from_name, settings.smtp.from_address, utf8)),
+        ("To", mime_writer.address(one_line(recipient.name)[:_MAX_DISPLAY_NAME], recipient.address, utf8)),
+        ("Subject", mime_writer.unstructured(subject, "Subject", utf8)),
+        ("Date", format_datetime(now)),
+        ("Message-ID", f"<{message_id}>"),
+    ]
     if mail.message_id:
-        msg["In-Reply-To"] = f"<{mail.message_id}>"
         chain = [*mail.references, mail.message_id]
         if len(chain) > _MAX_REFERENCES:
             chain = [chain[0], *chain[-(_MAX_REFERENCES - 1) :]]
-        msg["References"] = " ".join(f"<{m}>" for m in chain)
-    mark_as_ours(msg, "auto-replied", settings, facts.reference)
-    msg.set_content(body, cte="quoted-printable")
+        headers += [("In-Reply-To", mime_writer.message_id_list([mail.message_id])),
+                    ("References", mime_writer.message_id_list(chain))]
+    headers += robot_headers("auto-replied", settings, facts.reference)
     return OutgoingMail(
         message_id=message_id,
         recipient=recipient.address,
         envelope_sender=settings.smtp.envelope_sender,
         subject=subject,
-        data=msg.as_bytes(),
+        data=mime_writer.render(headers, body, utf8),
     )
 
 
-def mark_as_ours(msg: EmailMessage, auto_submitted: str, settings: Settings, reference: str) -> None:
+def robot_headers(auto_submitted: str, settings: Settings, reference: str) -> list[tuple[str, str]]:
     """The headers that keep robots (ours included) from answering mail we send (RFC 3834)."""
-    msg["Auto-Submitted"] = auto_submitted
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["X-Loop"] = settings.support.address
-    msg[LOOP_HEADER] = reference
+    return [
+        ("Auto-Submitted", auto_submitted),
+        ("X-Auto-Response-Suppress", "All"),
+        ("X-Loop", settings.support.address),
+        (LOOP_HEADER, reference),
+    ]
 
 
 def ack_subject(reference: str, subject: str, prefix: str) -> str:
     """``[REF] subject``, with reply prefixes and any earlier reference removed."""
-    bare = strip_reply_prefixes(_one_line(subject))
+    bare = strip_reply_prefixes(one_line(subject))
     bare = reference_pattern(prefix).sub("", bare)
     bare = re.sub(r"\[\s*\]", "", bare)
     bare = re.sub(r"\s+", " ", bare).strip()
@@ -175,9 +171,9 @@ def _placeholder_values(facts: TicketFacts, recipient: Address, settings: Settin
     markers = settings.urgency.markers
     target = policy_from_settings(settings).target_for(facts.priority, facts.request_type, triaged=facts.triaged)
     return {
-        "greeting_name": _one_line(recipient.name)[:_MAX_DISPLAY_NAME] or "there",
+        "greeting_name": one_line(recipient.name)[:_MAX_DISPLAY_NAME] or "there",
         "reference": facts.reference,
-        "subject": _one_line(facts.subject) or "(no subject)",
+        "subject": one_line(facts.subject) or "(no subject)",
         "priority_label": f"{int(facts.priority)} ({PRIORITY_NAMES[int(facts.priority)]})",
         "request_type_label": REQUEST_TYPE_LABELS[facts.request_type],
         "due": format_due(facts.due_at, zone),
@@ -237,18 +233,3 @@ def _one_of(words: tuple[str, ...]) -> str:
     if len(quoted) == 1:
         return quoted[0]
     return "one of " + ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-def _header_address(address: Address) -> HeaderAddress:
-    name = _one_line(address.name)[:_MAX_DISPLAY_NAME]
-    local, _, domain = address.address.rpartition("@")
-    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
-        # The header class quotes the local part itself; give it the unquoted one, or the
-        # To header would name another mailbox than the envelope.
-        local = re.sub(r"\\(.)", r"\1", local[1:-1])
-    return HeaderAddress(display_name=name, username=local, domain=domain)
-
-
-def _one_line(text: str) -> str:
-    """Control characters (CR and LF among them) become spaces: nothing can add a header."""
-    return re.sub(r"\s+", " ", _CONTROL.sub(" ", text)).strip()

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.headerregistry import Address as HeaderAddress
-from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime
 from typing import Literal
 
-from .acknowledgement import PRIORITY_NAMES, REQUEST_TYPE_LABELS, OutgoingMail, format_due, mark_as_ours
+from . import mime_writer
+from .acknowledgement import PRIORITY_NAMES, REQUEST_TYPE_LABELS, OutgoingMail, format_due, robot_headers
 from .config import Settings
 from .model import RequestType
 
 AlertStage = Literal["due_soon", "breached"]
-_POLICY = SMTP.clone(max_line_length=998)
 _MAX_SUBJECT = 160
 
 
@@ -65,22 +62,22 @@ def build_alert(facts: AlertFacts, settings: Settings, message_id: str, now: dat
             "",
         ]
     )
-    msg = EmailMessage(policy=_POLICY)
-    msg["From"] = HeaderAddress(display_name=settings.smtp.from_name, addr_spec=settings.smtp.from_address)
-    msg["To"] = settings.watcher.alert_address
-    # Replies stay among staff: one sent to the support mailbox would join the ticket as a response.
-    msg["Reply-To"] = settings.watcher.alert_address
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = f"<{message_id}>"
-    mark_as_ours(msg, "auto-generated", settings, facts.reference)
-    msg.set_content(body, cte="quoted-printable")
+    headers = [
+        ("From", mime_writer.address(settings.smtp.from_name, settings.smtp.from_address, utf8=False)),
+        ("To", mime_writer.address("", settings.watcher.alert_address, utf8=False)),
+        # Replies stay among staff: one sent to the support mailbox would join the ticket as a response.
+        ("Reply-To", mime_writer.address("", settings.watcher.alert_address, utf8=False)),
+        ("Subject", mime_writer.unstructured(subject, "Subject", utf8=False)),
+        ("Date", format_datetime(now)),
+        ("Message-ID", f"<{message_id}>"),
+        *robot_headers("auto-generated", settings, facts.reference),
+    ]
     return OutgoingMail(
         message_id=message_id,
         recipient=settings.watcher.alert_address,
         envelope_sender=settings.smtp.envelope_sender,
         subject=subject,
-        data=msg.as_bytes(),
+        data=mime_writer.render(headers, body),
     )
 
 
