@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, event, func, insert, or_, true, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.schema import Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex
@@ -36,6 +37,8 @@ from .tables import (
     TicketEventRow,
     TicketRow,
     fit,
+    fitted,
+    insert_values,
 )
 
 log = logging.getLogger(__name__)
@@ -167,12 +170,16 @@ class Store:
     # --- processing --------------------------------------------------------------------------
 
     def is_processed(self, dedupe_key: str, session: Session | None = None) -> bool:
+        ledger = _table(LedgerRow)
         with self._within(session) as s:
-            return s.exec(select(LedgerRow.id).where(LedgerRow.dedupe_key == dedupe_key)).first() is not None
+            found = s.connection().execute(select(ledger.c.id).where(ledger.c.dedupe_key == dedupe_key).limit(1))
+            return found.first() is not None
 
     def find_thread(self, mail: ParsedMail, session: Session | None = None) -> ThreadCandidate | None:
         """The ticket a message refers to, by its headers first and its subject second."""
+        messages, outbox, tickets = _table(MessageRow), _table(OutboxRow), _table(TicketRow)
         with self._within(session) as s:
+            c = s.connection()
             by_header: list[tuple[str, tuple[str, ...]]] = [
                 ("in-reply-to", mail.in_reply_to),
                 ("references", tuple(reversed(mail.references))),
@@ -184,43 +191,48 @@ class Store:
                 wanted = [fit(i, MESSAGE_ID_LENGTH) for i in ids if i != mail.message_id][:_THREAD_LOOKUP_LIMIT]
                 if not wanted:
                     continue
-                ticket_id = s.exec(
-                    select(MessageRow.ticket_id).where(MessageRow.message_id.in_(wanted))  # type: ignore[union-attr]
-                ).first()
+                ticket_id = c.execute(
+                    select(messages.c.ticket_id).where(messages.c.message_id.in_(wanted)).limit(1)
+                ).scalar()
                 if ticket_id is None:
-                    ticket_id = s.exec(
-                        select(OutboxRow.ticket_id).where(OutboxRow.message_id.in_(wanted))  # type: ignore[attr-defined]
-                    ).first()
+                    ticket_id = c.execute(
+                        select(outbox.c.ticket_id).where(outbox.c.message_id.in_(wanted), outbox.c.ticket_id != None)  # noqa: E711
+                        .limit(1)
+                    ).scalar()
                 if ticket_id is not None:
-                    return self._candidate(s, ticket_id, matched_by)  # type: ignore[arg-type]
+                    return self._candidate(c, ticket_id, matched_by)
             root = thread_index_root(mail)
             sender = mail.from_address.address if mail.from_address else ""
             if root is not None and sender:
-                rows = s.exec(
-                    select(MessageRow.ticket_id, TicketRow.subject)
-                    .join(TicketRow, TicketRow.id == MessageRow.ticket_id)  # type: ignore[arg-type]
-                    .where(MessageRow.thread_root == root, MessageRow.from_address == fit(sender, 320))
+                rows = c.execute(
+                    select(messages.c.ticket_id, tickets.c.subject)
+                    .join(tickets, tickets.c.id == messages.c.ticket_id)
+                    .where(messages.c.thread_root == root, messages.c.from_address == fit(sender, 320))
                     .limit(_THREAD_LOOKUP_LIMIT)
                 ).all()
                 for ticket_id, subject in rows:
                     if same_conversation_subject(subject, mail.subject):
-                        return self._candidate(s, ticket_id, "thread-index")
+                        return self._candidate(c, ticket_id, "thread-index")
             reference = find_reference(mail.subject, self.reference_prefix)
             if reference is not None:
-                ticket = s.exec(select(TicketRow).where(TicketRow.reference == reference)).first()
-                if ticket is not None and ticket.id is not None:
-                    return self._candidate(s, ticket.id, "subject-reference")
+                ticket_id = c.execute(select(tickets.c.id).where(tickets.c.reference == reference)).scalar()
+                if ticket_id is not None:
+                    return self._candidate(c, ticket_id, "subject-reference")
         return None
 
-    def _candidate(self, s: Session, ticket_id: int, matched_by: Any) -> ThreadCandidate:
-        ticket = s.get_one(TicketRow, ticket_id)
-        senders = s.exec(
-            select(MessageRow.from_address).where(
-                MessageRow.ticket_id == ticket_id,
-                MessageRow.direction == "inbound",
-                MessageRow.from_participant == True,  # noqa: E712 - SQL, not Python
+    def _candidate(self, c: Connection, ticket_id: int, matched_by: Any) -> ThreadCandidate:
+        messages, tickets = _table(MessageRow), _table(TicketRow)
+        ticket = c.execute(
+            select(tickets.c.reference, tickets.c.priority, tickets.c.request_type, tickets.c.requester,
+                   tickets.c.first_response_at).where(tickets.c.id == ticket_id)
+        ).one()
+        senders = c.execute(
+            select(messages.c.from_address).where(
+                messages.c.ticket_id == ticket_id,
+                messages.c.direction == "inbound",
+                messages.c.from_participant == True,  # noqa: E712 - SQL, not Python
             )
-        ).all()
+        ).scalars()
         participants = frozenset(address_key(a) for a in (*senders, ticket.requester) if a)
         return ThreadCandidate(
             ticket_id=ticket_id,
@@ -260,91 +272,97 @@ class Store:
             return False
 
     def _apply(self, s: Session, plan: Plan, raw: bytes, now: datetime, ack_factory: AckFactory) -> ProcessResult:
+        # Core statements on the session's connection: the ORM's unit of work cost more than
+        # everything else in storing a message (see tables.insert_values).
+        c = s.connection()
         mail = plan.mail
-        ticket: TicketRow | None = None
+        ticket: _Ticket | None = None
         if plan.new_ticket is not None:
-            nt = plan.new_ticket
-            ticket = TicketRow(
-                # A unique placeholder until the row has the id the reference is made from.
-                reference=f"new-{uuid.uuid4().hex}",
-                subject=nt.subject,
-                requester=nt.requester.address,
-                requester_name=nt.requester.name,
-                priority=int(nt.priority),
-                request_type=nt.request_type.value,
-                urgency_marker=nt.urgency_marker,
-                type_rule=nt.type_rule,
-                received_at=plan.received_at,
-                due_at=nt.due_at,
-                created_at=now,
-                updated_at=now,
-            )
-            s.add(ticket)
-            s.flush()
-            assert ticket.id is not None
-            ticket.reference = format_reference(self.reference_prefix, ticket.id)
+            ticket = self._insert_ticket(c, plan, now)
         elif plan.join_ticket is not None:
-            ticket = s.get_one(TicketRow, plan.join_ticket.ticket_id)
-            ticket.updated_at = now
-            if plan.escalation is not None:
-                ticket.priority = int(Priority.URGENT)
-                ticket.request_type = RequestType.URGENT.value
-                ticket.urgency_marker = plan.escalation.urgency_marker
-                ticket.due_at = plan.escalation.due_at
-            if plan.message_kind == "response" and ticket.first_response_at is None:
-                ticket.first_response_at = plan.received_at
-                ticket.first_response_by = mail.from_address.address if mail.from_address else None
-            s.add(ticket)
+            ticket = self._update_joined_ticket(c, plan, now)
 
         if ticket is not None and plan.message_kind is not None:
-            assert ticket.id is not None
-            self._add_message(s, ticket.id, plan, raw)
+            self._add_message(c, ticket.id, plan, raw)
         if ticket is not None and plan.ack_suppressed:
-            assert ticket.id is not None
-            s.add(MessageRow(ticket_id=ticket.id, direction="internal", kind="note", subject="acknowledgement suppressed",
-                             received_at=now, body_text=plan.ack_suppressed, source=plan.source.label()))
+            _insert(c, MessageRow, ticket_id=ticket.id, direction="internal", kind="note",
+                    subject="acknowledgement suppressed", received_at=now, body_text=plan.ack_suppressed,
+                    source=plan.source.label())
         if plan.bounced_message_ids:
             self._record_bounce(s, plan)
 
         ack_sent = False
         if ticket is not None and plan.ack is not None and plan.ack_recipient is not None:
-            facts = TicketFacts(
-                reference=ticket.reference,
-                subject=ticket.subject,
-                priority=Priority(ticket.priority),
-                request_type=RequestType(ticket.request_type),
-                due_at=ticket.due_at,
-                triaged=ticket.priority_set_at is not None,
-            )
-            outgoing = ack_factory(plan, facts)
-            self._queue(s, ticket.id, plan.ack, outgoing, now)
+            outgoing = ack_factory(plan, ticket.facts)
+            self._queue(c, ticket.id, plan.ack, outgoing, now)
             ack_sent = True
 
-        s.add(
-            LedgerRow(
-                dedupe_key=plan.dedupe_key,
-                message_id=mail.message_id,
-                outcome=plan.outcome.value,
-                reason=plan.reason,
-                ticket_id=ticket.id if ticket is not None else None,
-                source=plan.source.label(),
-                processed_at=now,
-            )
-        )
-        s.flush()
+        _insert(c, LedgerRow, dedupe_key=plan.dedupe_key, message_id=mail.message_id, outcome=plan.outcome.value,
+                reason=plan.reason, ticket_id=ticket.id if ticket is not None else None, source=plan.source.label(),
+                processed_at=now)
+        facts = ticket.facts if ticket is not None else None
         return ProcessResult(
             outcome=plan.outcome,
             reason=plan.reason,
-            ticket=ticket.reference if ticket is not None else None,
-            priority=ticket.priority if ticket is not None else None,
-            request_type=ticket.request_type if ticket is not None else None,
+            ticket=facts.reference if facts is not None else None,
+            priority=int(facts.priority) if facts is not None else None,
+            request_type=facts.request_type.value if facts is not None else None,
             type_rule=ticket.type_rule if ticket is not None else None,
             subject=mail.subject,
             from_address=mail.from_address.address if mail.from_address else "",
-            due_at=ticket.due_at if ticket is not None else None,
+            due_at=facts.due_at if facts is not None else None,
             ack=ack_sent,
             message_id=mail.message_id,
         )
+
+    def _insert_ticket(self, c: Connection, plan: Plan, now: datetime) -> _Ticket:
+        nt = plan.new_ticket
+        assert nt is not None
+        tickets = _table(TicketRow)
+        values = insert_values(TicketRow, dict(
+            # A unique placeholder until the row has the id the reference is made from.
+            reference=f"new-{uuid.uuid4().hex}",
+            subject=nt.subject,
+            requester=nt.requester.address,
+            requester_name=nt.requester.name,
+            priority=int(nt.priority),
+            request_type=nt.request_type.value,
+            urgency_marker=nt.urgency_marker,
+            type_rule=nt.type_rule,
+            received_at=plan.received_at,
+            due_at=nt.due_at,
+            created_at=now,
+            updated_at=now,
+        ))
+        ticket_id = c.execute(insert(tickets).values(values)).inserted_primary_key[0]
+        reference = format_reference(self.reference_prefix, ticket_id)
+        c.execute(update(tickets).where(tickets.c.id == ticket_id).values(reference=reference))
+        facts = TicketFacts(reference=reference, subject=values["subject"], priority=nt.priority,
+                            request_type=nt.request_type, due_at=as_utc(nt.due_at), triaged=False)
+        return _Ticket(ticket_id, facts, values["type_rule"])
+
+    def _update_joined_ticket(self, c: Connection, plan: Plan, now: datetime) -> _Ticket:
+        assert plan.join_ticket is not None
+        tickets = _table(TicketRow)
+        ticket_id = plan.join_ticket.ticket_id
+        row = c.execute(
+            select(tickets.c.reference, tickets.c.subject, tickets.c.priority, tickets.c.request_type,
+                   tickets.c.type_rule, tickets.c.due_at, tickets.c.priority_set_at, tickets.c.first_response_at)
+            .where(tickets.c.id == ticket_id)
+        ).one()
+        changes: dict[str, Any] = {"updated_at": now}
+        priority, request_type, due_at = Priority(row.priority), RequestType(row.request_type), row.due_at
+        if plan.escalation is not None:
+            priority, request_type, due_at = Priority.URGENT, RequestType.URGENT, plan.escalation.due_at
+            changes.update(priority=int(priority), request_type=request_type.value,
+                           urgency_marker=plan.escalation.urgency_marker, due_at=due_at)
+        if plan.message_kind == "response" and row.first_response_at is None:
+            changes.update(first_response_at=plan.received_at,
+                           first_response_by=plan.mail.from_address.address if plan.mail.from_address else None)
+        c.execute(update(tickets).where(tickets.c.id == ticket_id).values(fitted(TicketRow, changes)))
+        facts = TicketFacts(reference=row.reference, subject=row.subject, priority=priority,
+                            request_type=request_type, due_at=as_utc(due_at), triaged=row.priority_set_at is not None)
+        return _Ticket(ticket_id, facts, row.type_rule)
 
     def _record_bounce(self, s: Session, plan: Plan) -> None:
         rows = s.exec(
@@ -357,18 +375,20 @@ class Store:
 
     def recent_ack_times(self, recipient: str, since: datetime, session: Session | None = None) -> list[datetime]:
         """When acknowledgements to an address were queued since a time (for the rate limit)."""
+        outbox = _table(OutboxRow)
         with self._within(session) as s:
             return list(
-                s.exec(
-                    select(OutboxRow.created_at).where(
-                        OutboxRow.recipient_key == fit(address_key(recipient), 320), OutboxRow.created_at > since
+                s.connection().execute(
+                    select(outbox.c.created_at).where(
+                        outbox.c.recipient_key == fit(address_key(recipient), 320), outbox.c.created_at > since
                     )
-                ).all()
+                ).scalars()
             )
 
-    def _add_message(self, s: Session, ticket_id: int, plan: Plan, raw: bytes) -> None:
+    def _add_message(self, c: Connection, ticket_id: int, plan: Plan, raw: bytes) -> None:
         mail = plan.mail
-        row = MessageRow(
+        row_id = _insert(
+            c, MessageRow,
             ticket_id=ticket_id,
             direction="inbound",
             kind=plan.message_kind or "request",
@@ -383,35 +403,36 @@ class Store:
             thread_root=thread_index_root(mail),
             from_participant=plan.from_participant,
         )
-        s.add(row)
-        s.flush()
-        assert row.id is not None
         dropped = {id(a) for a in plan.dropped_attachments}
-        for attachment in mail.attachments:
-            if id(attachment) not in dropped:
-                s.add(_attachment_row(row.id, attachment))
+        kept = [a for a in mail.attachments if id(a) not in dropped]
+        if kept:
+            c.execute(insert(_table(AttachmentRow)), [
+                insert_values(AttachmentRow, dict(message_row_id=row_id, filename=a.filename,
+                                                  content_type=a.content_type, size=a.size, data=a.data))
+                for a in kept
+            ])
         if plan.dropped_attachments:
             names = ", ".join(f"{a.filename} ({a.size} bytes)" for a in plan.dropped_attachments)
-            s.add(MessageRow(ticket_id=ticket_id, direction="internal", kind="note", subject="attachments not stored",
-                             received_at=plan.received_at, source=plan.source.label(),
-                             body_text=f"Over attachments.max_bytes_per_message; kept in the raw message only: {names}"))
+            _insert(c, MessageRow, ticket_id=ticket_id, direction="internal", kind="note",
+                    subject="attachments not stored", received_at=plan.received_at, source=plan.source.label(),
+                    body_text=f"Over attachments.max_bytes_per_message; kept in the raw message only: {names}")
 
-    def _queue(self, s: Session, ticket_id: int | None, kind: str, outgoing: OutgoingMail, now: datetime) -> None:
-        s.add(
-            OutboxRow(
-                ticket_id=ticket_id,
-                kind=kind,
-                message_id=outgoing.message_id,
-                recipient=outgoing.recipient,
-                recipient_key=address_key(outgoing.recipient),
-                envelope_sender=outgoing.envelope_sender,
-                subject=outgoing.subject,
-                data=outgoing.data,
-                status="pending",
-                next_attempt_at=now,
-                give_up_at=now + self.give_up_after,
-                created_at=now,
-            )
+    def _queue(self, c: Connection, ticket_id: int | None, kind: str, outgoing: OutgoingMail, now: datetime) -> int:
+        """Put a message in the outbox, due now; its row id."""
+        return _insert(
+            c, OutboxRow,
+            ticket_id=ticket_id,
+            kind=kind,
+            message_id=outgoing.message_id,
+            recipient=outgoing.recipient,
+            recipient_key=address_key(outgoing.recipient),
+            envelope_sender=outgoing.envelope_sender,
+            subject=outgoing.subject,
+            data=outgoing.data,
+            status="pending",
+            next_attempt_at=now,
+            give_up_at=now + self.give_up_after,
+            created_at=now,
         )
 
     # --- quarantine --------------------------------------------------------------------------
@@ -770,9 +791,7 @@ class Store:
             with self.transaction() as s:
                 outbox_id = None
                 if outgoing is not None:
-                    self._queue(s, ticket_id, "alert", outgoing, now)
-                    s.flush()
-                    outbox_id = s.exec(select(OutboxRow.id).where(OutboxRow.message_id == outgoing.message_id)).one()
+                    outbox_id = self._queue(s.connection(), ticket_id, "alert", outgoing, now)
                 s.add(AlertRow(ticket_id=ticket_id, stage=stage, due_at=due_at, created_at=now,
                                recipient=outgoing.recipient if outgoing else "", outbox_id=outbox_id))
                 s.flush()
@@ -783,14 +802,23 @@ class Store:
         return True
 
 
-def _attachment_row(message_row_id: int, attachment: Attachment) -> AttachmentRow:
-    return AttachmentRow(
-        message_row_id=message_row_id,
-        filename=attachment.filename,
-        content_type=attachment.content_type,
-        size=attachment.size,
-        data=attachment.data,
-    )
+@dataclass(frozen=True)
+class _Ticket:
+    """The ticket a message was stored in, as the acknowledgement and the result need it."""
+
+    id: int
+    facts: TicketFacts
+    type_rule: str | None
+
+
+def _insert(c: Connection, model: type[SQLModel], **values: Any) -> int:
+    """Insert one row with Core; its id."""
+    result = c.execute(insert(_table(model)).values(insert_values(model, values)))
+    return int(result.inserted_primary_key[0])
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return model.__table__  # type: ignore[attr-defined, no-any-return]
 
 
 def _outbox_item(row: OutboxRow) -> OutboxItem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import Mapper
+from pydantic_core import PydanticUndefined
 from sqlmodel import Field, SQLModel
 
 from .clock import as_utc
@@ -65,6 +67,35 @@ def fit(value: str, length: int | None) -> str:
     if length is not None and len(value) > length:
         value = value[:length]
     return value
+
+
+def insert_values(model: type[SQLModel], values: dict[str, Any]) -> dict[str, Any]:
+    """One row of ``model``'s table for a Core insert: the model's defaults for the columns not
+    given, every string fitted as ``_fit_strings`` does for ORM writes. Storing a message writes
+    with Core: building the ORM objects and flushing them was most of its cost."""
+    defaults, lengths = _table_shape(model)
+    return fitted(model, {**defaults, **values}, lengths)
+
+
+def fitted(model: type[SQLModel], values: dict[str, Any], lengths: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """``values`` for ``model``'s table with every string fitted to its column (for a Core update)."""
+    lengths = lengths if lengths is not None else _table_shape(model)[1]
+    return {k: fit(v, lengths[k]) if isinstance(v, str) else v for k, v in values.items()}
+
+
+@functools.cache
+def _table_shape(model: type[SQLModel]) -> tuple[dict[str, Any], dict[str, int | None]]:
+    """(defaults of the model's fields, length of each column) for ``insert_values``."""
+    defaults: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name == "id":
+            continue
+        if info.default_factory is not None:
+            raise TypeError(f"{model.__name__}.{name}: a default factory cannot be shared between rows")
+        if info.default is not PydanticUndefined:
+            defaults[name] = info.default
+    columns = model.__table__.columns  # type: ignore[attr-defined]
+    return defaults, {c.key: getattr(c.type, "length", None) for c in columns}
 
 
 def _time(nullable: bool = False, index: bool = False) -> Any:
