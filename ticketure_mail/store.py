@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, event, func, insert, or_, true, update
+from sqlalchemy import Insert, and_, bindparam, event, func, insert, or_, true, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.schema import Table
 from sqlalchemy.exc import IntegrityError
@@ -51,6 +52,47 @@ TicketChange = Callable[[TicketRow], "TicketEvent | None"]
 # A waiting writer retries for this long before SQLite gives up with "database is locked".
 _SQLITE_BUSY_TIMEOUT_MS = 15_000
 _THREAD_LOOKUP_LIMIT = 50
+
+# The statements run for every message, built once: on SQLite, building a statement and
+# computing its cache key cost more than running it.
+_LEDGER: Table = LedgerRow.__table__  # type: ignore[attr-defined]
+_TICKETS: Table = TicketRow.__table__  # type: ignore[attr-defined]
+_MESSAGES: Table = MessageRow.__table__  # type: ignore[attr-defined]
+_OUTBOX: Table = OutboxRow.__table__  # type: ignore[attr-defined]
+_IS_PROCESSED = select(_LEDGER.c.id).where(_LEDGER.c.dedupe_key == bindparam("key")).limit(1)
+_TICKET_BY_MESSAGE_ID = (
+    select(_MESSAGES.c.ticket_id).where(_MESSAGES.c.message_id.in_(bindparam("ids", expanding=True))).limit(1)
+)
+_TICKET_BY_OUTBOX_MESSAGE_ID = (
+    select(_OUTBOX.c.ticket_id)
+    .where(_OUTBOX.c.message_id.in_(bindparam("ids", expanding=True)), _OUTBOX.c.ticket_id.is_not(None))
+    .limit(1)
+)
+_TICKETS_BY_THREAD_ROOT = (
+    select(_MESSAGES.c.ticket_id, _TICKETS.c.subject)
+    .join(_TICKETS, _TICKETS.c.id == _MESSAGES.c.ticket_id)
+    .where(_MESSAGES.c.thread_root == bindparam("root"), _MESSAGES.c.from_address == bindparam("sender"))
+    .limit(_THREAD_LOOKUP_LIMIT)
+)
+_TICKET_BY_REFERENCE = select(_TICKETS.c.id).where(_TICKETS.c.reference == bindparam("reference"))
+_CANDIDATE = select(
+    _TICKETS.c.reference, _TICKETS.c.priority, _TICKETS.c.request_type, _TICKETS.c.requester,
+    _TICKETS.c.first_response_at,
+).where(_TICKETS.c.id == bindparam("ticket_id"))
+_PARTICIPANTS = select(_MESSAGES.c.from_address).where(
+    _MESSAGES.c.ticket_id == bindparam("ticket_id"),
+    _MESSAGES.c.direction == "inbound",
+    _MESSAGES.c.from_participant == True,  # noqa: E712 - SQL, not Python
+)
+_JOINED_TICKET = select(
+    _TICKETS.c.reference, _TICKETS.c.subject, _TICKETS.c.priority, _TICKETS.c.request_type, _TICKETS.c.type_rule,
+    _TICKETS.c.due_at, _TICKETS.c.priority_set_at, _TICKETS.c.first_response_at,
+).where(_TICKETS.c.id == bindparam("ticket_id"))
+# The columns to set come with the parameters.
+_UPDATE_TICKET = update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket_row_id"))
+_RECENT_ACKS = select(_OUTBOX.c.created_at).where(
+    _OUTBOX.c.recipient_key == bindparam("key"), _OUTBOX.c.created_at > bindparam("since")
+)
 
 
 class DuplicateMessage(Exception):
@@ -170,14 +212,11 @@ class Store:
     # --- processing --------------------------------------------------------------------------
 
     def is_processed(self, dedupe_key: str, session: Session | None = None) -> bool:
-        ledger = _table(LedgerRow)
         with self._within(session) as s:
-            found = s.connection().execute(select(ledger.c.id).where(ledger.c.dedupe_key == dedupe_key).limit(1))
-            return found.first() is not None
+            return s.connection().execute(_IS_PROCESSED, {"key": dedupe_key}).first() is not None
 
     def find_thread(self, mail: ParsedMail, session: Session | None = None) -> ThreadCandidate | None:
         """The ticket a message refers to, by its headers first and its subject second."""
-        messages, outbox, tickets = _table(MessageRow), _table(OutboxRow), _table(TicketRow)
         with self._within(session) as s:
             c = s.connection()
             by_header: list[tuple[str, tuple[str, ...]]] = [
@@ -191,48 +230,28 @@ class Store:
                 wanted = [fit(i, MESSAGE_ID_LENGTH) for i in ids if i != mail.message_id][:_THREAD_LOOKUP_LIMIT]
                 if not wanted:
                     continue
-                ticket_id = c.execute(
-                    select(messages.c.ticket_id).where(messages.c.message_id.in_(wanted)).limit(1)
-                ).scalar()
+                ticket_id = c.execute(_TICKET_BY_MESSAGE_ID, {"ids": wanted}).scalar()
                 if ticket_id is None:
-                    ticket_id = c.execute(
-                        select(outbox.c.ticket_id).where(outbox.c.message_id.in_(wanted), outbox.c.ticket_id != None)  # noqa: E711
-                        .limit(1)
-                    ).scalar()
+                    ticket_id = c.execute(_TICKET_BY_OUTBOX_MESSAGE_ID, {"ids": wanted}).scalar()
                 if ticket_id is not None:
                     return self._candidate(c, ticket_id, matched_by)
             root = thread_index_root(mail)
             sender = mail.from_address.address if mail.from_address else ""
             if root is not None and sender:
-                rows = c.execute(
-                    select(messages.c.ticket_id, tickets.c.subject)
-                    .join(tickets, tickets.c.id == messages.c.ticket_id)
-                    .where(messages.c.thread_root == root, messages.c.from_address == fit(sender, 320))
-                    .limit(_THREAD_LOOKUP_LIMIT)
-                ).all()
+                rows = c.execute(_TICKETS_BY_THREAD_ROOT, {"root": root, "sender": fit(sender, 320)}).all()
                 for ticket_id, subject in rows:
                     if same_conversation_subject(subject, mail.subject):
                         return self._candidate(c, ticket_id, "thread-index")
             reference = find_reference(mail.subject, self.reference_prefix)
             if reference is not None:
-                ticket_id = c.execute(select(tickets.c.id).where(tickets.c.reference == reference)).scalar()
+                ticket_id = c.execute(_TICKET_BY_REFERENCE, {"reference": reference}).scalar()
                 if ticket_id is not None:
                     return self._candidate(c, ticket_id, "subject-reference")
         return None
 
     def _candidate(self, c: Connection, ticket_id: int, matched_by: Any) -> ThreadCandidate:
-        messages, tickets = _table(MessageRow), _table(TicketRow)
-        ticket = c.execute(
-            select(tickets.c.reference, tickets.c.priority, tickets.c.request_type, tickets.c.requester,
-                   tickets.c.first_response_at).where(tickets.c.id == ticket_id)
-        ).one()
-        senders = c.execute(
-            select(messages.c.from_address).where(
-                messages.c.ticket_id == ticket_id,
-                messages.c.direction == "inbound",
-                messages.c.from_participant == True,  # noqa: E712 - SQL, not Python
-            )
-        ).scalars()
+        ticket = c.execute(_CANDIDATE, {"ticket_id": ticket_id}).one()
+        senders = c.execute(_PARTICIPANTS, {"ticket_id": ticket_id}).scalars()
         participants = frozenset(address_key(a) for a in (*senders, ticket.requester) if a)
         return ThreadCandidate(
             ticket_id=ticket_id,
@@ -318,7 +337,6 @@ class Store:
     def _insert_ticket(self, c: Connection, plan: Plan, now: datetime) -> _Ticket:
         nt = plan.new_ticket
         assert nt is not None
-        tickets = _table(TicketRow)
         values = insert_values(TicketRow, dict(
             # A unique placeholder until the row has the id the reference is made from.
             reference=f"new-{uuid.uuid4().hex}",
@@ -334,22 +352,17 @@ class Store:
             created_at=now,
             updated_at=now,
         ))
-        ticket_id = c.execute(insert(tickets).values(values)).inserted_primary_key[0]
+        ticket_id = int(c.execute(_insert_statement(TicketRow), values).inserted_primary_key[0])
         reference = format_reference(self.reference_prefix, ticket_id)
-        c.execute(update(tickets).where(tickets.c.id == ticket_id).values(reference=reference))
+        c.execute(_UPDATE_TICKET, {"ticket_row_id": ticket_id, "reference": reference})
         facts = TicketFacts(reference=reference, subject=values["subject"], priority=nt.priority,
                             request_type=nt.request_type, due_at=as_utc(nt.due_at), triaged=False)
         return _Ticket(ticket_id, facts, values["type_rule"])
 
     def _update_joined_ticket(self, c: Connection, plan: Plan, now: datetime) -> _Ticket:
         assert plan.join_ticket is not None
-        tickets = _table(TicketRow)
         ticket_id = plan.join_ticket.ticket_id
-        row = c.execute(
-            select(tickets.c.reference, tickets.c.subject, tickets.c.priority, tickets.c.request_type,
-                   tickets.c.type_rule, tickets.c.due_at, tickets.c.priority_set_at, tickets.c.first_response_at)
-            .where(tickets.c.id == ticket_id)
-        ).one()
+        row = c.execute(_JOINED_TICKET, {"ticket_id": ticket_id}).one()
         changes: dict[str, Any] = {"updated_at": now}
         priority, request_type, due_at = Priority(row.priority), RequestType(row.request_type), row.due_at
         if plan.escalation is not None:
@@ -359,7 +372,7 @@ class Store:
         if plan.message_kind == "response" and row.first_response_at is None:
             changes.update(first_response_at=plan.received_at,
                            first_response_by=plan.mail.from_address.address if plan.mail.from_address else None)
-        c.execute(update(tickets).where(tickets.c.id == ticket_id).values(fitted(TicketRow, changes)))
+        c.execute(_UPDATE_TICKET, {"ticket_row_id": ticket_id, **fitted(TicketRow, changes)})
         facts = TicketFacts(reference=row.reference, subject=row.subject, priority=priority,
                             request_type=request_type, due_at=as_utc(due_at), triaged=row.priority_set_at is not None)
         return _Ticket(ticket_id, facts, row.type_rule)
@@ -375,15 +388,9 @@ class Store:
 
     def recent_ack_times(self, recipient: str, since: datetime, session: Session | None = None) -> list[datetime]:
         """When acknowledgements to an address were queued since a time (for the rate limit)."""
-        outbox = _table(OutboxRow)
         with self._within(session) as s:
-            return list(
-                s.connection().execute(
-                    select(outbox.c.created_at).where(
-                        outbox.c.recipient_key == fit(address_key(recipient), 320), outbox.c.created_at > since
-                    )
-                ).scalars()
-            )
+            key = fit(address_key(recipient), 320)
+            return list(s.connection().execute(_RECENT_ACKS, {"key": key, "since": since}).scalars())
 
     def _add_message(self, c: Connection, ticket_id: int, plan: Plan, raw: bytes) -> None:
         mail = plan.mail
@@ -406,7 +413,7 @@ class Store:
         dropped = {id(a) for a in plan.dropped_attachments}
         kept = [a for a in mail.attachments if id(a) not in dropped]
         if kept:
-            c.execute(insert(_table(AttachmentRow)), [
+            c.execute(_insert_statement(AttachmentRow), [
                 insert_values(AttachmentRow, dict(message_row_id=row_id, filename=a.filename,
                                                   content_type=a.content_type, size=a.size, data=a.data))
                 for a in kept
@@ -813,8 +820,13 @@ class _Ticket:
 
 def _insert(c: Connection, model: type[SQLModel], **values: Any) -> int:
     """Insert one row with Core; its id."""
-    result = c.execute(insert(_table(model)).values(insert_values(model, values)))
+    result = c.execute(_insert_statement(model), insert_values(model, values))
     return int(result.inserted_primary_key[0])
+
+
+@functools.cache
+def _insert_statement(model: type[SQLModel]) -> Insert:
+    return insert(_table(model))
 
 
 def _table(model: type[SQLModel]) -> Table:
