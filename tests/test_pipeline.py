@@ -81,7 +81,7 @@ def dsn_for(ack_message_id: str, recipient: str) -> bytes:
 def test_a_bounce_of_our_acknowledgement_is_recorded_on_its_outbox_row(app: App) -> None:
     created = ingest(app, raw_message(sender="typo@exmaple.com", message_id="<bounce-me@example.com>"))
     [ack] = app.store.due_outbox(app.clock.now())
-    app.store.mark_sent(ack.id, app.clock.now())
+    app.store.mark_sent(ack, app.clock.now())
     result = ingest(app, dsn_for(ack.message_id, "typo@exmaple.com"))
     assert result.outcome == Outcome.THREADED and not result.ack
     assert result.ticket == created.ticket

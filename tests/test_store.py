@@ -87,7 +87,7 @@ def test_thread_lookup_by_headers_outbound_ids_and_subject(store: Store) -> None
     by_inbound = store.find_thread(parsed(subject="Re: x", message_id="r1@example.com", in_reply_to=("root@example.com",)))
     assert by_inbound is not None and by_inbound.reference == first.ticket and by_inbound.matched_by == "in-reply-to"
     [pending] = store.due_outbox(NOW)
-    store.mark_sent(pending.id, NOW)
+    store.mark_sent(pending, NOW)
     by_ack = store.find_thread(parsed(subject="Re: x", message_id="r2@example.com", references=(pending.message_id,)))
     assert by_ack is not None and by_ack.matched_by == "references"
     by_subject = store.find_thread(parsed(subject=f"Re: [{first.ticket}] x", message_id="r3@example.com"))
@@ -116,6 +116,19 @@ def test_outbox_retry_and_failure_bookkeeping(store: Store) -> None:
     assert store.requeue_outbox(item.id, NOW)
     assert not store.requeue_outbox(item.id, NOW)  # only a failed row can be requeued
     assert [i.status for i in store.outbox_items()] == ["pending"]
+
+
+def test_a_sent_row_records_when_and_shows_in_the_ticket_history(store: Store) -> None:
+    result = store.apply(plan_for(parsed(message_id="s@example.com")), b"r", NOW, fake_ack)
+    [item] = store.claim_due_outbox(NOW, 10, timedelta(minutes=5), "host:1:a")
+    store.mark_sent(item, NOW + timedelta(seconds=3))
+    [sent] = store.outbox_items(("sent",))
+    assert sent.sent_at == NOW + timedelta(seconds=3) and sent.sent_at.tzinfo is not None
+    assert sent.attempts == 1 and sent.last_error == ""
+    assert store.claim_owners("host:") == set()
+    ticket = store.ticket(result.ticket)
+    kinds = [(m.direction, m.kind, m.message_id) for m, _ in store.ticket_messages(ticket.id)]
+    assert kinds == [("inbound", "request", "s@example.com"), ("outbound", "acknowledgement", item.message_id)]
 
 
 def test_mailbox_position_never_moves_back(store: Store) -> None:

@@ -146,7 +146,7 @@ class OutboxDelivery:
     def _record(self, item: OutboxItem, result: SendResult, report: DeliveryReport) -> None:
         now = self.clock.now()
         if result.status == SendStatus.SENT:
-            self.store.mark_sent(item.id, now)
+            self.store.mark_sent(item, now)
             report.sent += 1
             log.info("sent %s message-id=<%s> to=%s outbox=%d", item.kind, item.message_id, item.recipient, item.id)
             return

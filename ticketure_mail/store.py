@@ -90,6 +90,28 @@ _JOINED_TICKET = select(
 ).where(_TICKETS.c.id == bindparam("ticket_id"))
 # The columns to set come with the parameters.
 _UPDATE_TICKET = update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket_row_id"))
+_DUE_OUTBOX = (
+    select(_OUTBOX)
+    .where(
+        _OUTBOX.c.status == "pending",
+        _OUTBOX.c.next_attempt_at <= bindparam("now"),
+        or_(_OUTBOX.c.claimed_until.is_(None), _OUTBOX.c.claimed_until <= bindparam("now")),
+    )
+    .order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM_OUTBOX = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(claimed_until=bindparam("until"), claimed_by=bindparam("owner"))
+)
+_MARK_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row_id"))
+    .values(attempts=_OUTBOX.c.attempts + 1, status="sent", sent_at=bindparam("sent"), last_error="",
+            claimed_until=None, claimed_by="")
+)
 _RECENT_ACKS = select(_OUTBOX.c.created_at).where(
     _OUTBOX.c.recipient_key == bindparam("key"), _OUTBOX.c.created_at > bindparam("since")
 )
@@ -199,6 +221,12 @@ class Store:
         with self._writer, Session(self.engine, expire_on_commit=False) as session:
             with session.begin():
                 yield session
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A transaction on a bare connection, for the statements that need no ORM session."""
+        with self._writer, self.engine.begin() as c:
+            yield c
 
     @contextmanager
     def _within(self, session: Session | None) -> Iterator[Session]:
@@ -524,22 +552,10 @@ class Store:
         PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent senders get disjoint rows without
         waiting. SQLite: every transaction begins IMMEDIATE, so claims are serialised anyway.
         """
-        with self.transaction() as s:
-            rows = s.exec(
-                select(OutboxRow)
-                .where(
-                    OutboxRow.status == "pending",
-                    OutboxRow.next_attempt_at <= now,
-                    or_(OutboxRow.claimed_until == None, OutboxRow.claimed_until <= now),  # noqa: E711 - SQL
-                )
-                .order_by(OutboxRow.next_attempt_at, OutboxRow.id)  # type: ignore[arg-type]
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.claimed_until = now + lease
-                row.claimed_by = owner
-                s.add(row)
+        with self._connection() as c:
+            rows = c.execute(_DUE_OUTBOX, {"now": now, "limit": limit}).all()
+            if rows:
+                c.execute(_CLAIM_OUTBOX, {"ids": [r.id for r in rows], "until": now + lease, "owner": fit(owner, 200)})
             return [_outbox_item(r) for r in rows]
 
     def release_claims(self, item_ids: Sequence[int], error: str = "") -> None:
@@ -587,36 +603,21 @@ class Store:
             ).all()
             return [_outbox_item(r) for r in rows]
 
-    def mark_sent(self, item_id: int, now: datetime) -> None:
-        # Plain SQL statements rather than ORM objects: this runs once per acknowledgement sent,
-        # and the ORM's bookkeeping was most of its cost.
-        outbox, messages = OutboxRow.__table__, MessageRow.__table__  # type: ignore[attr-defined]
-        with self.transaction() as s:
-            row = s.execute(
-                select(outbox.c.ticket_id, outbox.c.kind, outbox.c.message_id, outbox.c.subject).where(
-                    outbox.c.id == item_id
-                )
-            ).one()
-            s.execute(
-                update(outbox)
-                .where(outbox.c.id == item_id)
-                .values(status="sent", sent_at=now, attempts=outbox.c.attempts + 1, last_error="", claimed_until=None,
-                        claimed_by="")
-            )
-            if row.ticket_id is not None:
-                s.execute(
-                    insert(messages).values(
-                        ticket_id=row.ticket_id,
-                        direction="outbound",
-                        kind="alert" if row.kind == "alert" else "acknowledgement",
-                        message_id=row.message_id,
-                        subject=row.subject,
-                        from_address="",
-                        received_at=now,
-                        body_text="",
-                        source="outbox",
-                    )
-                )
+    def mark_sent(self, item: OutboxItem, now: datetime) -> None:
+        """The relay took the message: the row is sent, and the ticket's history shows it."""
+        # Two prepared statements in one short transaction: this runs once per message sent.
+        with self._connection() as c:
+            c.execute(_MARK_SENT, {"row_id": item.id, "sent": now})
+            if item.ticket_id is not None:
+                c.execute(_insert_statement(MessageRow), insert_values(MessageRow, dict(
+                    ticket_id=item.ticket_id,
+                    direction="outbound",
+                    kind="alert" if item.kind == "alert" else "acknowledgement",
+                    message_id=item.message_id,
+                    subject=item.subject,
+                    received_at=now,
+                    source="outbox",
+                )))
 
     def mark_retry(self, item_id: int, error: str, next_attempt_at: datetime) -> None:
         with self.transaction() as s:
@@ -833,7 +834,8 @@ def _table(model: type[SQLModel]) -> Table:
     return model.__table__  # type: ignore[attr-defined, no-any-return]
 
 
-def _outbox_item(row: OutboxRow) -> OutboxItem:
+def _outbox_item(row: Any) -> OutboxItem:
+    """An outbox row (an OutboxRow, or a Core row of the outbox table) as a plain value."""
     assert row.id is not None
     return OutboxItem(
         id=row.id,
