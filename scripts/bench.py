@@ -7,7 +7,8 @@ attachments, about 20 % urgent), an empty SMTP sink, an empty SQLite database, a
 
 * throughput: N divided by the time from starting the daemon to the last acknowledgement
   reaching the sink (every ticket stored, every acknowledgement received);
-* peak memory: the daemon's VmHWM (peak resident set) from /proc/<pid>/status at the end;
+* peak memory: the daemon's VmHWM (peak resident set) from /proc/<pid>/status at the end, and
+  the sum of that and the VmHWM of each of its child processes (parsers, SMTP senders);
 * latency: for single messages appended one at a time into the idle daemon, the time from
   just before the APPEND to the acknowledgement arriving at the sink (median and p99).
 
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from appfactory import toml_text  # noqa: E402
 from daemonproc import sqlite_count  # noqa: E402
 from servers import DovecotServer, ImapAccount, SmtpSink  # noqa: E402
 
@@ -54,6 +57,7 @@ class RunResult:
     backlog_seconds: float
     messages_per_second: float
     peak_rss_mb: float
+    peak_rss_with_children_mb: float
     latency_samples: int
     latency_median_ms: float
     latency_p99_ms: float
@@ -69,6 +73,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--keep", action="store_true", help="keep the working folders (config, database, logs)")
     parser.add_argument("--seed", type=int, default=6, help="seed of the generated mail (default 6)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config value for the daemon, in TOML (e.g. smtp.connections=1); repeatable")
     args = parser.parse_args()
     if args.messages < 1 or args.runs < 1 or args.latency_samples < 1:
         parser.error("-n, --runs and --latency-samples must be at least 1")
@@ -94,7 +100,8 @@ def main() -> int:
         print(f"ticketure-mail bench: N={args.messages}, {args.runs} run(s), {os.cpu_count()} CPU(s); medians of runs:")
         print(f"  backlog throughput : {summary['messages_per_second']:.0f} messages/s end to end "
               f"({summary['backlog_seconds']:.1f} s for {args.messages})")
-        print(f"  peak memory (RSS)  : {summary['peak_rss_mb']:.1f} MB (daemon VmHWM)")
+        print(f"  peak memory (RSS)  : {summary['peak_rss_mb']:.1f} MB daemon VmHWM, "
+              f"{summary['peak_rss_with_children_mb']:.1f} MB with its child processes (the sum of their VmHWM)")
         print(f"  idle arrival->ack  : median {summary['latency_median_ms']:.0f} ms, "
               f"p99 {summary['latency_p99_ms']:.0f} ms ({summary['latency_samples']} samples per run)")
         print(f"  mailbox fill       : {summary['fill_seconds']:.1f} s (MULTIAPPEND, not part of the figures)")
@@ -111,7 +118,7 @@ def one_run(args: argparse.Namespace, dovecot: DovecotServer, sink: SmtpSink, ru
     fill_seconds = time.monotonic() - started
     say(args, f"  mailbox filled in {fill_seconds:.1f} s")
 
-    config = write_config(work, account, dovecot.port, sink.port)
+    config = write_config(work, account, dovecot.port, sink.port, args.set)
     db_file = work / "tickets.sqlite3"
     log_path = work / "daemon.log"
     log_file = log_path.open("wb")
@@ -130,6 +137,7 @@ def one_run(args: argparse.Namespace, dovecot: DovecotServer, sink: SmtpSink, ru
         time.sleep(2.0)  # let the daemon settle into waiting for mail
         latencies = idle_latencies(account, sink, args.latency_samples, rng, daemon, log_path)
         peak = peak_rss_mb(daemon.pid)
+        peak_all = peak + sum(peak_rss_mb(child) for child in child_pids(daemon.pid))
         daemon.send_signal(signal.SIGTERM)
         if daemon.wait(timeout=60) != 0:
             raise SystemExit(f"bench: the daemon exited with {daemon.returncode}; log: {log_path}")
@@ -149,6 +157,7 @@ def one_run(args: argparse.Namespace, dovecot: DovecotServer, sink: SmtpSink, ru
         backlog_seconds=round(backlog_seconds, 2),
         messages_per_second=round(args.messages / backlog_seconds, 1),
         peak_rss_mb=round(peak, 1),
+        peak_rss_with_children_mb=round(peak_all, 1),
         latency_samples=len(ordered),
         latency_median_ms=round(statistics.median(ordered) * 1000, 1),
         latency_p99_ms=round(percentile(ordered, 99) * 1000, 1),
@@ -290,6 +299,14 @@ def check_backlog(received: list, n: int, db_file: Path) -> None:  # type: ignor
                          f"{len(received)} acknowledgements to {len(recipients)} addresses")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The daemon's child processes (parsers, senders, multiprocessing's helper)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -320,7 +337,8 @@ def percentile(ordered: list[float], p: float) -> float:
 
 
 def summarize(results: list[RunResult]) -> dict[str, float | int]:
-    keys = ("fill_seconds", "backlog_seconds", "messages_per_second", "peak_rss_mb", "latency_median_ms",
+    keys = ("fill_seconds", "backlog_seconds", "messages_per_second", "peak_rss_mb", "peak_rss_with_children_mb",
+            "latency_median_ms",
             "latency_p99_ms", "latency_max_ms")
     summary: dict[str, float | int] = {k: round(statistics.median(getattr(r, k) for r in results), 1) for k in keys}
     summary["messages"] = results[0].messages
@@ -330,41 +348,30 @@ def summarize(results: list[RunResult]) -> dict[str, float | int]:
 
 
 def describe(r: RunResult) -> str:
-    return (f"{r.messages_per_second:.0f} msg/s ({r.backlog_seconds:.1f} s), peak RSS {r.peak_rss_mb:.1f} MB, "
+    return (f"{r.messages_per_second:.0f} msg/s ({r.backlog_seconds:.1f} s), peak RSS {r.peak_rss_mb:.1f} MB "
+            f"({r.peak_rss_with_children_mb:.1f} MB with children), "
             f"idle latency median {r.latency_median_ms:.0f} ms p99 {r.latency_p99_ms:.0f} ms")
 
 
-def write_config(work: Path, account: ImapAccount, imap_port: int, smtp_port: int) -> Path:
+def write_config(work: Path, account: ImapAccount, imap_port: int, smtp_port: int, overrides: list[str]) -> Path:
     secret = work / "imap-password"
     secret.write_text(account.password + "\n", encoding="utf-8")
     secret.chmod(0o600)
+    # Only what the throw-away servers need; everything else keeps its default unless --set.
+    table: dict[str, dict[str, object]] = {
+        "support": {"address": account.address},
+        "imap": {"host": "127.0.0.1", "port": imap_port, "tls": "none", "username": account.address,
+                 "password_env": "", "password_file": str(secret)},
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": "none", "username": "", "password_env": "",
+                 "from_address": account.address},
+        "database": {"url": f"sqlite:///{work / 'tickets.sqlite3'}"},
+    }
+    for override in overrides:
+        key, _, value = override.partition("=")
+        section, _, name = key.partition(".")
+        table.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
     config = work / "config.toml"
-    # Only what the throw-away servers need; everything else keeps its default.
-    config.write_text(
-        f"""[support]
-address = "{account.address}"
-
-[imap]
-host = "127.0.0.1"
-port = {imap_port}
-tls = "none"
-username = "{account.address}"
-password_env = ""
-password_file = "{secret}"
-
-[smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "none"
-username = ""
-password_env = ""
-from_address = "{account.address}"
-
-[database]
-url = "sqlite:///{work / 'tickets.sqlite3'}"
-""",
-        encoding="utf-8",
-    )
+    config.write_text(toml_text(table), encoding="utf-8")
     return config
 
 

@@ -155,3 +155,31 @@ def test_a_non_ascii_password_logs_in_and_never_reaches_the_log(
         assert "ü" not in report.imap_error and "€" not in caplog.text and "ü" not in caplog.text
     finally:
         wrong.close()
+
+
+def test_with_parser_and_sender_processes_a_backlog_becomes_the_same_tickets_and_acknowledgements(
+    mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path
+) -> None:
+    settings = settings_for(mailbox, sink, f"sqlite:///{tmp_path / 'workers.sqlite3'}", tmp_path,
+                            workers={"parser_processes": 2, "sender_process": True}, imap={"batch_size": 7},
+                            smtp={"connections": 3})
+    application = build_app(settings, FrozenClock(ARRIVAL + timedelta(seconds=5)))
+    try:
+        raws = [raw_message(subject=("Urgent: " if i % 5 == 0 else "") + f"Request {i}",
+                            sender=f"client{i}@example.com", message_id=f"<backlog-{i}@example.com>")
+                for i in range(40)]
+        for raw in [*raws, b"\r\n\r\n"]:
+            mailbox.append(raw, internal_date=ARRIVAL)
+        report = application.poller().cycle()
+        assert report.outcomes == {"created": 40, "quarantined": 1}
+        assert report.delivery.sent == 40
+        received = sink.wait_for(40)
+        assert sorted(m.rcpt_tos[0] for m in received) == sorted(f"client{i}@example.com" for i in range(40))
+        tickets = {t.requester: t for t in application.store.tickets()}
+        assert {a for a, t in tickets.items() if t.priority == 1} == {f"client{i}@example.com" for i in range(0, 40, 5)}
+        assert [h.reason for h in application.store.held_quarantine()] == ["cannot parse: empty message"]
+        # Nothing is sent twice, whatever the number of connections.
+        assert application.poller().cycle().delivery.sent == 0
+        assert len(sink.messages) == 40
+    finally:
+        application.close()

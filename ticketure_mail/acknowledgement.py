@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import uuid
@@ -167,23 +168,34 @@ def ack_subject(reference: str, subject: str, prefix: str) -> str:
 
 
 def _placeholder_values(facts: TicketFacts, recipient: Address, settings: Settings) -> dict[str, str]:
-    zone = ZoneInfo(settings.calendar.timezone)
-    markers = settings.urgency.markers
-    target = policy_from_settings(settings).target_for(facts.priority, facts.request_type, triaged=facts.triaged)
     return {
+        **_settings_values(settings),
         "greeting_name": one_line(recipient.name)[:_MAX_DISPLAY_NAME] or "there",
         "reference": facts.reference,
         "subject": one_line(facts.subject) or "(no subject)",
         "priority_label": f"{int(facts.priority)} ({PRIORITY_NAMES[int(facts.priority)]})",
         "request_type_label": REQUEST_TYPE_LABELS[facts.request_type],
-        "due": format_due(facts.due_at, zone),
+        "due": format_due(facts.due_at, ZoneInfo(settings.calendar.timezone)),
+        "target": _target_text(settings, facts.priority, facts.request_type, facts.triaged),
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _settings_values(settings: Settings) -> dict[str, str]:
+    """The placeholders that depend on the settings alone, worked out once per settings."""
+    return {
         "phone_lines": "\n".join(f"  {p.label}: {p.number}" for p in settings.escalation.phones),
-        "markers": _one_of(markers),
+        "markers": _one_of(settings.urgency.markers),
         "urgent_target": format_duration(parse_duration(settings.targets.priority_1.within)),
-        "target": describe_target(target, settings.calendar),
         "business_hours": describe_calendar(settings.calendar),
         "support_name": settings.support.name,
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _target_text(settings: Settings, priority: Priority, request_type: RequestType, triaged: bool) -> str:
+    target = policy_from_settings(settings).target_for(priority, request_type, triaged=triaged)
+    return describe_target(target, settings.calendar)
 
 
 def describe_target(target: Target, calendar: CalendarSettings) -> str:

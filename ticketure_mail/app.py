@@ -11,8 +11,10 @@ from .config import Settings, read_secret
 from .delivery import OutboxDelivery, Sender
 from .idle import IdleWatcher
 from .imap_inbox import ImapClientFactory, ImapInbox
+from .parse_workers import ParseWorkers
 from .pipeline import Processor
 from .poller import Poller
+from .smtp_process import ProcessSender
 from .smtp_sender import SmtpSender
 from .store import Store
 from .watcher import DeadlineWatcher
@@ -43,11 +45,16 @@ class App:
 
     def sender(self) -> Sender:
         if self._sender is None:
-            self._sender = SmtpSender(self.settings.smtp, read_secret(self.settings, "smtp"))
+            password = read_secret(self.settings, "smtp")
+            if self.settings.workers.sender_process:
+                self._sender = ProcessSender(self.settings.smtp, password)
+            else:
+                self._sender = SmtpSender(self.settings.smtp, password)
         return self._sender
 
     def delivery(self) -> OutboxDelivery:
-        return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox, stop=self.stop)
+        return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox, stop=self.stop,
+                              connections=self.settings.smtp.connections)
 
     def watcher(self) -> DeadlineWatcher:
         """The deadline watcher: raises due-soon and breached alerts into the outbox."""
@@ -58,13 +65,19 @@ class App:
         if self._poller is None:
             # Read both secrets now, so a missing one is a config error at start, not a log line later.
             read_secret(self.settings, "imap")
-            self._poller = Poller(self.inbox, self.store, self.processor, self.delivery(), self.settings.imap, self.stop)
+            workers = self.settings.workers
+            parsers = (ParseWorkers(workers.parser_processes, workers.parse_timeout_seconds)
+                       if workers.parser_processes else None)
+            self._poller = Poller(self.inbox, self.store, self.processor, self.delivery(), self.settings.imap, self.stop,
+                                  parsers)
         return self._poller
 
     def close(self) -> None:
         if self._poller is not None:
             self._poller.close()
             self._poller = None
+        if isinstance(self._sender, ProcessSender):
+            self._sender.close()
         self.store.close()
 
 

@@ -82,6 +82,8 @@ class SmtpSettings:
     # Empty: acknowledgements go out with the null envelope sender (RFC 3834 section 3.3).
     envelope_sender: str = ""
     timeout_seconds: float = 30.0
+    # SMTP connections used at once to send a backlog; each has one message in flight at a time.
+    connections: int = 2
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,19 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class ScheduleSettings:
     poll_interval_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    # Python runs one thread of a process at a time: parsing and the SMTP conversation in
+    # child processes run beside storing instead of taking turns with it. Faster on a backlog,
+    # but each child is a full interpreter (about 60 MB), so both are off by default.
+    # Child processes that parse fetched mail; 0 parses in the daemon's own process.
+    parser_processes: int = 0
+    # A message still being parsed after this long is quarantined and its parser restarted.
+    parse_timeout_seconds: int = 60
+    # Whether each SMTP connection's conversation runs in a child process of its own.
+    sender_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,6 +301,7 @@ class Settings:
     support: SupportSettings = field(default_factory=SupportSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     urgency: UrgencySettings = field(default_factory=UrgencySettings)
     targets: TargetSettings = field(default_factory=TargetSettings)
@@ -512,12 +528,15 @@ def _check_semantics(settings: Settings) -> None:
     )
     # Upper bounds keep every value inside what the clock arithmetic can hold.
     for key, high in (("schedule.poll_interval_seconds", 86_400), ("outbox.max_attempts", 1000),
-                      ("outbox.first_retry_seconds", 86_400), ("outbox.give_up_after_hours", 8760)):
+                      ("outbox.first_retry_seconds", 86_400), ("outbox.give_up_after_hours", 8760),
+                      ("workers.parse_timeout_seconds", 3600)):
         section, name = key.split(".")
         value = getattr(getattr(settings, section), name)
         need(value >= 1, key, "must be at least 1")
         need(value <= high, key, f"must be at most {high}")
     _check_database_url(settings.database.url, need)
+    need(1 <= settings.smtp.connections <= 16, "smtp.connections", "must be between 1 and 16")
+    need(0 <= settings.workers.parser_processes <= 16, "workers.parser_processes", "must be between 0 and 16")
     need(0 <= settings.attachments.max_bytes_per_message <= 2**31, "attachments.max_bytes_per_message",
          "must be between 0 and 2 GiB")
     need(bool(settings.urgency.markers), "urgency.markers", "must name at least one marker")

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 def run_daemon(app: App) -> None:
     """Poll until a signal asks to stop; the message in hand is finished first."""
     poller = app.poller()
+    if poller.parsers is not None:
+        poller.parsers.start()  # while the first connection to the mailbox is made
     interval = app.settings.schedule.poll_interval_seconds
     stop = app.stop
     previous = {sig: signal.signal(sig, _stop_on_signal(stop)) for sig in (signal.SIGTERM, signal.SIGINT)}

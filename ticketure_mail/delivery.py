@@ -75,15 +75,17 @@ class OutboxDelivery:
     """The step that turns pending outbox rows into sent, retrying or failed ones."""
 
     def __init__(self, store: Store, sender: Sender, clock: Clock, settings: OutboxSettings, batch_size: int = 100,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, connections: int = 1):
         self.store = store
         self.sender = sender
         self.clock = clock
         self.settings = settings
         self.batch_size = batch_size
+        self.connections = connections
         # Set by a signal: the message in flight is finished and recorded, the rest wait.
         self.stop = stop or threading.Event()
         self._outage_since: datetime | None = None
+        self._outage_lock = threading.Lock()
         # The poll cycle, the sender thread and the deadline watcher may all ask for a run: two
         # runs at once would read the same due rows and send them twice.
         self._lock = threading.Lock()
@@ -100,19 +102,45 @@ class OutboxDelivery:
             log.warning("took back %d outbox row(s) claimed by a process that is gone (%s)", released, ", ".join(dead))
 
     def deliver_due(self) -> DeliveryReport:
-        """Send every row that is due, over one SMTP connection, until none is left or the
-        relay is down. Each row is marked the moment its reply arrives, so a crash can repeat
-        at most the one message in flight."""
+        """Send every row that is due, until none is left or the relay is down, over up to
+        ``connections`` SMTP connections at once. Each row is marked the moment its reply
+        arrives, so a crash can repeat at most the one message in flight on each connection."""
+        with self._lock:
+            if not self._reclaimed:
+                self._take_back_dead_claims()
+                self._reclaimed = True
+            if self.connections == 1:
+                return self._run_connection()
+            # Each connection waits on the relay's replies and on its turn to record them; the
+            # others send meanwhile. They claim rows of their own, so none is sent twice.
+            outcomes: list[DeliveryReport | Exception] = []
+
+            def run() -> None:
+                try:
+                    outcomes.append(self._run_connection())
+                except Exception as exc:  # raised below, in the caller's thread, as with one connection
+                    outcomes.append(exc)
+
+            threads = [threading.Thread(target=run, name=f"smtp-{n}", daemon=True) for n in range(self.connections)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            report = DeliveryReport()
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                report.add(outcome)
+            return report
+
+    def _run_connection(self) -> DeliveryReport:
         report = DeliveryReport()
         # A row handled in the last round and due again (a clock that does not move) is not
         # tried twice in one run. Only the last round is remembered: a run through a large
         # backlog keeps its memory flat.
         previous: set[int] = set()
-        with self._lock, self.sender.session() as session:
+        with self.sender.session() as session:
             while True:
-                if not self._reclaimed:
-                    self._take_back_dead_claims()
-                    self._reclaimed = True
                 due = self.store.claim_due_outbox(
                     self.clock.now(), min(self.batch_size, _CLAIM_CHUNK), _CLAIM_LEASE, self._owner
                 )
@@ -138,8 +166,7 @@ class OutboxDelivery:
                 self.store.release_claims([i.id for i in items[index:]], f"relay unavailable: {exc}")
                 return False
             if self._outage_since is not None:
-                log.warning("SMTP relay reachable again after an outage since %s", self._outage_since.isoformat())
-                self._outage_since = None
+                self._note_recovery()
             self._record(item, result, report)
         return True
 
@@ -164,9 +191,17 @@ class OutboxDelivery:
         log.info("will retry %s message-id=<%s> to=%s outbox=%d at %s: %s",
                  item.kind, item.message_id, item.recipient, item.id, retry_at.isoformat(), result.detail)
 
+    def _note_recovery(self) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                log.warning("SMTP relay reachable again after an outage since %s", self._outage_since.isoformat())
+                self._outage_since = None
+
     def _note_outage(self, detail: str, waiting: int) -> None:
-        # One line per outage, not one per message and cycle.
-        if self._outage_since is None:
+        # One line per outage, not one per message and cycle (nor per connection).
+        with self._outage_lock:
+            if self._outage_since is not None:
+                return
             self._outage_since = self.clock.now()
             log.warning("SMTP relay unavailable (%s); %d message(s) wait in the outbox", detail, waiting)
 

@@ -23,6 +23,7 @@ from .deadlines import policy_from_settings
 from .errors import ParseError, TransientError
 from .loops import judge, longest_window, rate_limit_reason
 from .model import Outcome, ParsedMail, ProcessResult
+from .parse_workers import ParseOutcome
 from .parsing import parse_mail
 from .request_types import TypeRules
 from .senders import answer_address
@@ -58,19 +59,27 @@ class Processor:
             self.own_addresses.add(settings.smtp.envelope_sender)
         self._message_id_domain = settings.smtp.from_address.rpartition("@")[2]
 
-    def process(self, raw: bytes, source: Source, received_at: datetime | None = None) -> ProcessResult:
-        result = self._process(raw, source, received_at)
+    def process(
+        self, raw: bytes, source: Source, received_at: datetime | None = None, parsed: ParseOutcome | None = None
+    ) -> ProcessResult:
+        """``parsed``: what a parser process made of ``raw`` (parse_workers.py); without it the
+        message is parsed here."""
+        result = self._process(raw, source, received_at, parsed)
         _log_result(result, source)
         return result
 
-    def _process(self, raw: bytes, source: Source, received_at: datetime | None) -> ProcessResult:
+    def _process(
+        self, raw: bytes, source: Source, received_at: datetime | None, parsed: ParseOutcome | None
+    ) -> ProcessResult:
         now = self.clock.now()
         arrival = as_utc(received_at) if received_at is not None else now
         size = len(raw)
         if size > self.settings.imap.max_message_bytes:
             return self._oversized(source, raw, size, arrival)
         try:
-            mail = parse_mail(raw)
+            mail = parse_mail(raw) if parsed is None else parsed
+            if isinstance(mail, ParseError):
+                raise mail
         except ParseError as exc:
             return self._quarantine(source, f"cannot parse: {exc}", raw, arrival, None)
         try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,6 +16,7 @@ from .delivery import DeliveryReport, OutboxDelivery
 from .errors import ImapError, TransientError
 from .imap_inbox import ImapInbox
 from .model import Outcome
+from .parse_workers import ParseOutcome, ParseWorkers
 from .pipeline import Processor
 from .store import Store
 
@@ -54,6 +56,7 @@ class Poller:
         delivery: OutboxDelivery,
         settings: ImapSettings,
         stop: threading.Event | None = None,
+        parsers: ParseWorkers | None = None,
     ) -> None:
         self._inbox_factory = inbox_factory
         self._inbox: ImapInbox | None = None
@@ -62,6 +65,8 @@ class Poller:
         self.delivery = delivery
         self.settings = settings
         self.stop = stop or threading.Event()
+        # Without parser processes each message is parsed in line, in this thread.
+        self.parsers = parsers
         self.send_now: Callable[[], None] | None = None
         self._imap_down = False
 
@@ -93,6 +98,8 @@ class Poller:
 
     def close(self) -> None:
         self._drop_connection()
+        if self.parsers is not None:
+            self.parsers.close()
 
     def _drop_connection(self) -> None:
         if self._inbox is not None:
@@ -144,8 +151,11 @@ class Poller:
         done: list[int] = []
         quarantined: list[int] = []
         carry_on = True
+        parsed: Iterator[ParseOutcome | None] = (
+            self.parsers.parse_all([m.raw for m in fetched]) if self.parsers else itertools.repeat(None)
+        )
         try:
-            for message in fetched:
+            for message, outcome in zip(fetched, parsed):
                 if self.stop.is_set():
                     report.stopped = True
                     carry_on = False
@@ -154,10 +164,13 @@ class Poller:
                 if message.raw is None:
                     result = self.processor.quarantine_oversized(source, message.size, message.internal_date)
                 else:
-                    result = self.processor.process(message.raw, source, message.internal_date)
+                    result = self.processor.process(message.raw, source, message.internal_date, outcome)
                 report.count(result.outcome)
                 (quarantined if result.outcome == Outcome.QUARANTINED else done).append(message.uid)
         finally:
+            close = getattr(parsed, "close", None)
+            if close is not None:
+                close()  # the messages still being parsed are waited for and dropped
             # Whatever was committed is marked on the server, even if a later message failed.
             inbox.mark_processed(done)
             if quarantined:
