@@ -157,11 +157,11 @@ def test_a_non_ascii_password_logs_in_and_never_reaches_the_log(
         wrong.close()
 
 
-def test_with_parser_and_sender_processes_a_backlog_becomes_the_same_tickets_and_acknowledgements(
+def test_with_two_parser_processes_and_three_connections_a_backlog_is_processed_and_sent_once(
     mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path
 ) -> None:
     settings = settings_for(mailbox, sink, f"sqlite:///{tmp_path / 'workers.sqlite3'}", tmp_path,
-                            workers={"parser_processes": 2, "sender_process": True}, imap={"batch_size": 7},
+                            workers={"parser_processes": 2}, imap={"batch_size": 7},
                             smtp={"connections": 3})
     application = build_app(settings, FrozenClock(ARRIVAL + timedelta(seconds=5)))
     try:

@@ -14,7 +14,6 @@ from .imap_inbox import ImapClientFactory, ImapInbox
 from .parse_workers import ParseWorkers
 from .pipeline import Processor
 from .poller import Poller
-from .smtp_process import ProcessSender
 from .smtp_sender import SmtpSender
 from .store import Store
 from .watcher import DeadlineWatcher
@@ -45,11 +44,7 @@ class App:
 
     def sender(self) -> Sender:
         if self._sender is None:
-            password = read_secret(self.settings, "smtp")
-            if self.settings.workers.sender_process:
-                self._sender = ProcessSender(self.settings.smtp, password)
-            else:
-                self._sender = SmtpSender(self.settings.smtp, password)
+            self._sender = SmtpSender(self.settings.smtp, read_secret(self.settings, "smtp"))
         return self._sender
 
     def delivery(self) -> OutboxDelivery:
@@ -76,8 +71,6 @@ class App:
         if self._poller is not None:
             self._poller.close()
             self._poller = None
-        if isinstance(self._sender, ProcessSender):
-            self._sender.close()
         self.store.close()
 
 

@@ -98,15 +98,12 @@ class ScheduleSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    # Python runs one thread of a process at a time: parsing and the SMTP conversation in
-    # child processes run beside storing instead of taking turns with it. Faster on a backlog,
-    # but each child is a full interpreter (about 60 MB), so both are off by default.
+    # Python runs one thread of a process at a time: parsing in a child process runs beside
+    # storing and sending instead of taking turns with them.
     # Child processes that parse fetched mail; 0 parses in the daemon's own process.
-    parser_processes: int = 0
+    parser_processes: int = 1
     # A message still being parsed after this long is quarantined and its parser restarted.
     parse_timeout_seconds: int = 60
-    # Whether each SMTP connection's conversation runs in a child process of its own.
-    sender_process: bool = False
 
 
 @dataclass(frozen=True)

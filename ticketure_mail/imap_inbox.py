@@ -21,6 +21,7 @@ from imapclient.imapclient import SocketTimeout
 from .clock import as_utc
 from .config import ImapSettings
 from .errors import ImapError
+from .tls import tls_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,15 +52,6 @@ class FetchedMessage:
     size: int
     internal_date: datetime | None
     raw: bytes | None
-
-
-def tls_context(verify: bool, ca_file: str) -> ssl.SSLContext:
-    """Certificate and host name checks on unless the config turns them off, with an extra CA."""
-    context = ssl.create_default_context(cafile=ca_file or None)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class ImapInbox:

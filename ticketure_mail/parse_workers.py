@@ -9,15 +9,15 @@ that hangs the parser or kills it is quarantined with the reason, and the parser
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import queue
-import signal
+import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from multiprocessing.context import SpawnProcess
-from typing import Any
+from multiprocessing.connection import Connection
 
+from . import child_process
 from .errors import ParseError
 from .model import ParsedMail
 from .parsing import parse_mail
@@ -50,7 +50,8 @@ class ParseWorkers:
         the caller stores. Leaving the loop early waits for the few in flight and drops them.
         """
         children = self._started()
-        waiting: deque[tuple[_Child | None, int]] = deque()
+        # (the child parsing it, or None with the outcome already known; the message's size)
+        waiting: deque[tuple[_Child | None, ParseOutcome | None, int]] = deque()
         ahead_bytes = 0
         handed = 0
         try:
@@ -58,17 +59,19 @@ class ParseWorkers:
                 while handed < len(raws) and (not waiting or (len(waiting) < _AHEAD * len(children)
                                                               and ahead_bytes < _AHEAD_BYTES)):
                     raw = raws[handed]
-                    child = None if raw is None else children[handed % len(children)]
-                    if child is not None and raw is not None:
+                    if not raw:  # None stays None; empty bytes (the children's stop signal) fail here
+                        waiting.append((None, None if raw is None else ParseError("empty message"), 0))
+                    else:
+                        child = children[handed % len(children)]
                         child.submit(raw)
                         ahead_bytes += len(raw)
-                    waiting.append((child, 0 if raw is None else len(raw)))
+                        waiting.append((child, None, len(raw)))
                     handed += 1
-                child, size = waiting.popleft()
+                child, known, size = waiting.popleft()
                 ahead_bytes -= size
-                yield None if child is None else child.result(self.timeout)
+                yield known if child is None else child.result(self.timeout)
         finally:
-            for child, _size in waiting:
+            for child, _known, _size in waiting:
                 if child is not None:
                     child.result(self.timeout)
 
@@ -88,40 +91,58 @@ class ParseWorkers:
 
 
 class _Child:
-    """One parser process with its two queues, restarted when it hangs or dies."""
+    """One parser process, restarted when it hangs or dies. Messages go to it from a thread of
+    its own, so that the caller never blocks on a full socket while the child, in turn, waits
+    for the caller to read its answers."""
 
     def __init__(self, number: int) -> None:
         self.number = number
-        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._in_flight: deque[bytes] = deque()
         self._start()
 
     def _start(self) -> None:
-        self.tasks: Any = self._context.Queue()
-        self.results: Any = self._context.Queue()
-        self.process: SpawnProcess = self._context.Process(  # type: ignore[attr-defined]
-            target=_serve, args=(self.tasks, self.results), name=f"ticketure-parser-{self.number}", daemon=True
-        )
-        self.process.start()
+        self.process, self._conn = child_process.start(f"{__name__}:serve")
+        self._outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._feeder = threading.Thread(target=self._feed, args=(self._conn, self._outgoing),
+                                        name=f"parser-{self.number}-feeder", daemon=True)
+        self._feeder.start()
+
+    @staticmethod
+    def _feed(conn: Connection, outgoing: queue.SimpleQueue[bytes | None]) -> None:
+        while True:
+            raw = outgoing.get()
+            try:
+                conn.send_bytes(b"" if raw is None else raw)
+            except OSError:
+                return  # the child is gone; result() notices and restarts it
+            if raw is None:
+                return
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def submit(self, raw: bytes) -> None:
         self._in_flight.append(raw)
-        self.tasks.put(raw)
+        self._outgoing.put(raw)
 
     def result(self, timeout: float) -> ParseOutcome:
         """The outcome of the oldest message handed to this child."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                outcome = self.results.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                if not self.process.is_alive():
-                    failure = f"the parser process ended (exit code {self.process.exitcode})"
-                    break
-                if time.monotonic() >= deadline:
-                    failure = f"parsing took longer than workers.parse_timeout_seconds ({timeout:g} s)"
-                    break
-                continue
+                if not self._conn.poll(_POLL_SECONDS):
+                    if not self.alive:
+                        failure = f"the parser process ended (exit code {self.process.returncode})"
+                        break
+                    if time.monotonic() >= deadline:
+                        failure = f"parsing took longer than workers.parse_timeout_seconds ({timeout:g} s)"
+                        break
+                    continue
+                outcome = self._conn.recv()
+            except (OSError, EOFError) as exc:
+                failure = f"the parser process ended ({type(exc).__name__})"
+                break
             except Exception as exc:  # a child killed mid-answer leaves a torn message
                 failure = f"the parser's answer was unreadable ({type(exc).__name__})"
                 break
@@ -140,27 +161,29 @@ class _Child:
         return ParseError(failure)
 
     def stop(self) -> None:
+        self._outgoing.put(None)
         try:
-            self.tasks.put(None)
-            self.process.join(timeout=5)
-        finally:
-            self._kill()
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill()
 
     def _kill(self) -> None:
-        if self.process.is_alive():
+        if self.alive:
             self.process.kill()
-        self.process.join(timeout=5)
-        for q in (self.tasks, self.results):
-            q.cancel_join_thread()  # what is left in a queue of a dead child is never read
-            q.close()
+        self.process.wait(timeout=5)
+        self._outgoing.put(None)
+        self._conn.close()
 
 
-def _serve(tasks: Any, results: Any) -> None:
-    """The child's loop: bytes in, ParsedMail or ParseError out, until None."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the daemon stops us
+def serve(conn: Connection) -> None:
+    """The child's loop: raw bytes in, ParsedMail or ParseError out, until empty bytes."""
     while True:
-        raw = tasks.get()
-        if raw is None:
+        try:
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not raw:
             return
         try:
             outcome: ParseOutcome = parse_mail(raw)
@@ -169,6 +192,8 @@ def _serve(tasks: Any, results: Any) -> None:
         except BaseException as exc:  # MemoryError, RecursionError: this message, not the child
             outcome = ParseError(f"parser failed: {type(exc).__name__}")
         try:
-            results.put(outcome)
+            conn.send(outcome)
+        except (BrokenPipeError, ConnectionResetError):
+            return
         except Exception as exc:  # an outcome that cannot be pickled
-            results.put(ParseError(f"parser result could not be passed on: {type(exc).__name__}"))
+            conn.send(ParseError(f"parser result could not be passed on: {type(exc).__name__}"))

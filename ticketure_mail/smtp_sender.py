@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from .config import SmtpSettings
-from .imap_inbox import tls_context
+from .tls import tls_context
 
 log = logging.getLogger(__name__)
 
