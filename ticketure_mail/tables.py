@@ -10,6 +10,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Index,
     LargeBinary,
     Text,
     TypeDecorator,
@@ -191,6 +192,9 @@ class OutboxRow(SQLModel, table=True):
     """Mail waiting to be sent, written in the same transaction as the ticket it belongs to."""
 
     __tablename__ = "outbox"
+    # The sender takes the oldest due rows a few at a time: read in this order from the index,
+    # not found by status and then sorted, which after an outage meant every pending row per claim.
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int | None = Field(default=None, foreign_key="ticket.id", index=True)
