@@ -8,7 +8,11 @@ attachments, about 20 % urgent), an empty SMTP sink, an empty SQLite database, a
 * throughput: N divided by the time from starting the daemon to the last acknowledgement
   reaching the sink (every ticket stored, every acknowledgement received);
 * peak memory: the daemon's VmHWM (peak resident set) from /proc/<pid>/status at the end, and
-  the sum of that and the VmHWM of each of its child processes (parsers, SMTP senders);
+  the sum of that and the VmHWM of each of its child processes (the parser); as that sum counts
+  the pages they share twice, also the peak of their summed PSS (proportional set size, shared
+  pages split between the processes that map them), sampled every quarter second; and the
+  daemon's own resident size through the backlog, as its highest sample in each fifth of the
+  backlog's time, so that memory that grows with the backlog shows as a rising row;
 * latency: for single messages appended one at a time into the idle daemon, the time from
   just before the APPEND to the acknowledgement arriving at the sink (median and p99).
 
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -58,6 +63,8 @@ class RunResult:
     messages_per_second: float
     peak_rss_mb: float
     peak_rss_with_children_mb: float
+    peak_pss_with_children_mb: float
+    rss_by_fifth_mb: list[float]
     latency_samples: int
     latency_median_ms: float
     latency_p99_ms: float
@@ -102,6 +109,10 @@ def main() -> int:
               f"({summary['backlog_seconds']:.1f} s for {args.messages})")
         print(f"  peak memory (RSS)  : {summary['peak_rss_mb']:.1f} MB daemon VmHWM, "
               f"{summary['peak_rss_with_children_mb']:.1f} MB with its child processes (the sum of their VmHWM)")
+        print(f"  peak memory (PSS)  : {summary['peak_pss_with_children_mb']:.1f} MB daemon and child processes "
+              f"together (peak of the summed PSS, sampled every {PSS_INTERVAL:g} s)")
+        print(f"  daemon RSS by fifth: {', '.join(f'{v:.1f}' for v in summary['rss_by_fifth_mb'])} MB "
+              f"(its peak VmRSS in each fifth of the backlog's time: flat memory shows as a level row)")
         print(f"  idle arrival->ack  : median {summary['latency_median_ms']:.0f} ms, "
               f"p99 {summary['latency_p99_ms']:.0f} ms ({summary['latency_samples']} samples per run)")
         print(f"  mailbox fill       : {summary['fill_seconds']:.1f} s (MULTIAPPEND, not part of the figures)")
@@ -125,11 +136,14 @@ def one_run(args: argparse.Namespace, dovecot: DovecotServer, sink: SmtpSink, ru
     t0 = time.monotonic()
     daemon = subprocess.Popen([CLI, "--config", str(config), "run"], stdout=subprocess.DEVNULL, stderr=log_file,
                               cwd=work)
+    pss = PssSampler(daemon.pid)
+    pss.start()
     try:
         wait(lambda: len(sink.messages) >= args.messages, timeout=max(120.0, args.messages / 20),
              what=f"{args.messages} acknowledgements", daemon=daemon, log_path=log_path)
         received = sink.messages
         backlog_seconds = received[args.messages - 1].received_at - t0
+        rss_by_fifth = pss.rss_by_fifth(t0, t0 + backlog_seconds)
         wait(lambda: sqlite_count(db_file, "select count(*) from ticket") >= args.messages, timeout=30,
              what="every ticket", daemon=daemon, log_path=log_path)
         check_backlog(received, args.messages, db_file)
@@ -138,10 +152,12 @@ def one_run(args: argparse.Namespace, dovecot: DovecotServer, sink: SmtpSink, ru
         latencies = idle_latencies(account, sink, args.latency_samples, rng, daemon, log_path)
         peak = peak_rss_mb(daemon.pid)
         peak_all = peak + sum(peak_rss_mb(child) for child in child_pids(daemon.pid))
+        peak_pss = pss.finish()
         daemon.send_signal(signal.SIGTERM)
         if daemon.wait(timeout=60) != 0:
             raise SystemExit(f"bench: the daemon exited with {daemon.returncode}; log: {log_path}")
     finally:
+        pss.finish()
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
@@ -158,6 +174,8 @@ def one_run(args: argparse.Namespace, dovecot: DovecotServer, sink: SmtpSink, ru
         messages_per_second=round(args.messages / backlog_seconds, 1),
         peak_rss_mb=round(peak, 1),
         peak_rss_with_children_mb=round(peak_all, 1),
+        peak_pss_with_children_mb=round(peak_pss, 1),
+        rss_by_fifth_mb=rss_by_fifth,
         latency_samples=len(ordered),
         latency_median_ms=round(statistics.median(ordered) * 1000, 1),
         latency_p99_ms=round(percentile(ordered, 99) * 1000, 1),
@@ -308,10 +326,62 @@ def child_pids(pid: int) -> list[int]:
 
 
 def peak_rss_mb(pid: int) -> float:
+    return status_kb(pid, "VmHWM") / 1024
+
+
+PSS_INTERVAL = 0.25
+
+
+class PssSampler(threading.Thread):
+    """The highest summed PSS of a process and its children seen while it runs, and the
+    process's own resident size over time."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(name="pss-sampler", daemon=True)
+        self.pid = pid
+        self.peak_kb = 0
+        self.rss_samples: list[tuple[float, int]] = []  # (time.monotonic(), VmRSS in kB)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(PSS_INTERVAL):
+            try:
+                total = sum(pss_kb(p) for p in (self.pid, *child_pids(self.pid)))
+                self.rss_samples.append((time.monotonic(), status_kb(self.pid, "VmRSS")))
+            except (OSError, ValueError):  # a process ended between listing and reading
+                continue
+            self.peak_kb = max(self.peak_kb, total)
+
+    def rss_by_fifth(self, start: float, end: float) -> list[float]:
+        """The highest VmRSS (MB) sampled in each fifth of [start, end]; 0 for a fifth without samples."""
+        fifths = [0.0] * 5
+        span = max(end - start, 1e-9)
+        for at, kb in list(self.rss_samples):
+            if start <= at <= end:
+                index = min(int((at - start) / span * 5), 4)
+                fifths[index] = max(fifths[index], round(kb / 1024, 1))
+        return fifths
+
+    def finish(self) -> float:
+        """Stop sampling; the peak in MB."""
+        self._done.set()
+        if self.is_alive():
+            self.join()
+        return self.peak_kb / 1024
+
+
+def status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit("bench: no VmHWM in /proc/<pid>/status")
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"no {field} in /proc/{pid}/status")
+
+
+def pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise ValueError(f"no Pss in /proc/{pid}/smaps_rollup")
 
 
 def wait(condition, *, timeout: float, what: str, daemon: subprocess.Popen[bytes], log_path: Path,  # type: ignore[no-untyped-def]
@@ -336,11 +406,12 @@ def percentile(ordered: list[float], p: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def summarize(results: list[RunResult]) -> dict[str, float | int]:
+def summarize(results: list[RunResult]) -> dict[str, float | int | list[float]]:
     keys = ("fill_seconds", "backlog_seconds", "messages_per_second", "peak_rss_mb", "peak_rss_with_children_mb",
-            "latency_median_ms",
-            "latency_p99_ms", "latency_max_ms")
-    summary: dict[str, float | int] = {k: round(statistics.median(getattr(r, k) for r in results), 1) for k in keys}
+            "peak_pss_with_children_mb", "latency_median_ms", "latency_p99_ms", "latency_max_ms")
+    summary: dict[str, float | int | list[float]] = {
+        k: round(statistics.median(getattr(r, k) for r in results), 1) for k in keys}
+    summary["rss_by_fifth_mb"] = [round(statistics.median(r.rss_by_fifth_mb[i] for r in results), 1) for i in range(5)]
     summary["messages"] = results[0].messages
     summary["latency_samples"] = results[0].latency_samples
     summary["run_count"] = len(results)
@@ -349,7 +420,7 @@ def summarize(results: list[RunResult]) -> dict[str, float | int]:
 
 def describe(r: RunResult) -> str:
     return (f"{r.messages_per_second:.0f} msg/s ({r.backlog_seconds:.1f} s), peak RSS {r.peak_rss_mb:.1f} MB "
-            f"({r.peak_rss_with_children_mb:.1f} MB with children), "
+            f"({r.peak_rss_with_children_mb:.1f} MB with children; PSS together {r.peak_pss_with_children_mb:.1f} MB), "
             f"idle latency median {r.latency_median_ms:.0f} ms p99 {r.latency_p99_ms:.0f} ms")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -66,3 +68,12 @@ def test_leaving_the_loop_early_leaves_the_parsers_ready(parsers: ParseWorkers) 
         break
     again = list(parsers.parse_all(messages(3)))
     assert [o.message_id for o in again] == ["w0@example.com", "w1@example.com", "w2@example.com"]
+
+
+def test_the_daemon_process_does_not_load_the_parser() -> None:
+    # With parser processes (the default) the parser lives only in the children: importing
+    # it in the daemon too would cost its memory twice.
+    code = ("import sys, ticketure_mail.cli, ticketure_mail.daemon; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mailparser', 'tnefparse')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

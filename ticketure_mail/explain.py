@@ -19,7 +19,6 @@ from .decisions import Plan, Source, dedupe_key
 from .errors import ParseError
 from .loops import judge
 from .model import Priority, RequestType
-from .parsing import parse_mail
 from .pipeline import Processor
 
 
@@ -66,6 +65,8 @@ def explain(processor: Processor, raw: bytes, arrival: datetime, now: datetime) 
     settings = processor.settings
     if len(raw) > settings.imap.max_message_bytes:
         return Explanation("quarantined", f"message of {len(raw)} bytes is over imap.max_message_bytes")
+    from .parsing import parse_mail  # imported here: the daemon's process need not load the parser
+
     try:
         mail = parse_mail(raw)
     except ParseError as exc:

@@ -20,7 +20,6 @@ from multiprocessing.connection import Connection
 from . import child_process
 from .errors import ParseError
 from .model import ParsedMail
-from .parsing import parse_mail
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +177,8 @@ class _Child:
 
 def serve(conn: Connection) -> None:
     """The child's loop: raw bytes in, ParsedMail or ParseError out, until empty bytes."""
+    from .parsing import parse_mail  # here, not at the top: the daemon that starts parsers never loads the parser
+
     while True:
         try:
             raw = conn.recv_bytes()

@@ -24,7 +24,6 @@ from .errors import ParseError, TransientError
 from .loops import judge, longest_window, rate_limit_reason
 from .model import Outcome, ParsedMail, ProcessResult
 from .parse_workers import ParseOutcome
-from .parsing import parse_mail
 from .request_types import TypeRules
 from .senders import answer_address
 from .staff import StaffDirectory
@@ -77,7 +76,7 @@ class Processor:
         if size > self.settings.imap.max_message_bytes:
             return self._oversized(source, raw, size, arrival)
         try:
-            mail = parse_mail(raw) if parsed is None else parsed
+            mail = _parse_in_line(raw) if parsed is None else parsed
             if isinstance(mail, ParseError):
                 raise mail
         except ParseError as exc:
@@ -202,6 +201,14 @@ class Processor:
             from_address=mail.from_address.address if mail and mail.from_address else "",
             message_id=mail.message_id if mail else None,
         )
+
+
+def _parse_in_line(raw: bytes) -> ParsedMail:
+    """Parse in this process, when no parser process did (workers.parser_processes = 0, or
+    ingest). Imported on first use, as a daemon with parser processes never loads the parser."""
+    from .parsing import parse_mail
+
+    return parse_mail(raw)
 
 
 def _duplicate(mail: ParsedMail, key: str) -> ProcessResult:
