@@ -1,5 +1,6 @@
 """What becomes of a message: the threading rule, automatic mail, escalation, as tables."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -272,3 +273,49 @@ def test_split_attachments_keeps_what_fits_in_message_order() -> None:
     assert split_attachments((a, b, c), 100) == ((a, c), (b,))
     assert split_attachments((a, b, c), 0) == ((), (a, b, c))
     assert split_attachments((a, b, c), 1000) == ((a, b, c), ())
+
+
+# --- a closed ticket ------------------------------------------------------------------------------
+
+def closed(priority: Priority = Priority.NORMAL, triaged: bool = False, request_type=RequestType.STANDARD):
+    return replace(candidate(priority=priority), closed=True, triaged=triaged, request_type=request_type)
+
+
+@pytest.mark.parametrize(
+    ("ticket", "due"),
+    [
+        (closed(), THURSDAY + timedelta(hours=24)),  # untriaged: the request type's target
+        (closed(request_type=RequestType.API_REQUEST), THURSDAY + timedelta(days=3)),
+        (closed(Priority.HIGH), THURSDAY + timedelta(hours=1)),  # a priority someone set
+        (closed(Priority.NORMAL, triaged=True), THURSDAY + timedelta(days=3)),  # priority 3 decided by staff
+        (closed(Priority.URGENT), THURSDAY + timedelta(minutes=15)),
+    ],
+)
+def test_the_client_writing_to_a_closed_ticket_reopens_it_on_its_own_target(ticket: ThreadCandidate,
+                                                                             due: datetime) -> None:
+    plan = staff_plan(parsed(subject="Re: Printer"), ticket)
+    assert plan.outcome == Outcome.THREADED and plan.message_kind == "followup"
+    assert plan.reopening is not None
+    assert (plan.reopening.by, plan.reopening.due_at) == ("client@example.com", due)
+    assert plan.reason.startswith("reopened")
+    assert plan.ack is None  # a follow-up, acknowledged only with acknowledge_followups
+
+
+def test_an_urgent_word_both_reopens_and_escalates() -> None:
+    plan = staff_plan(parsed(subject="Re: URGENT again: Printer"), closed())
+    assert plan.reopening is not None and plan.escalation is not None
+    assert plan.escalation.due_at == THURSDAY + timedelta(minutes=15)
+    assert plan.ack == "escalated" and "reopened" in plan.reason and "escalated" in plan.reason
+
+
+@pytest.mark.parametrize(
+    ("sender", "verdict"),
+    [
+        ("agent@ticketure.com", HUMAN),  # staff adding a word after closing
+        ("someone@elsewhere.example", HUMAN),  # not part of the ticket
+        ("client@example.com", LoopVerdict(True, True, "Auto-Submitted: auto-replied")),  # a robot
+    ],
+)
+def test_others_leave_a_closed_ticket_closed(sender: str, verdict: LoopVerdict) -> None:
+    plan = staff_plan(parsed(subject="Re: Printer", from_addr=sender), closed(), verdict)
+    assert plan.outcome == Outcome.THREADED and plan.reopening is None

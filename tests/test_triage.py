@@ -149,6 +149,43 @@ def test_respond_close_and_the_list_filters(run: Run, tmp_path: Path) -> None:
     assert run("tickets", "close", "TKT-000099")[0] == 1
 
 
+def test_the_client_writing_again_reopens_a_closed_ticket_on_a_new_response_clock(run: Run, tmp_path: Path) -> None:
+    ingest(run, tmp_path, "r1", subject="Cart rule change")  # TKT-1, standard, due Friday 15:00
+    assert run("tickets", "respond", "TKT-000001", "--by", "Lee", "--at", "2026-12-03T15:30:00Z")[0] == 0
+    assert run("tickets", "close", "TKT-000001", "--by", "Lee")[0] == 0
+
+    # Staff adding a word after closing, and a stranger who quotes the thread, leave it closed.
+    monday = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    staff = ingest(run, tmp_path, "r2", at=monday, subject="Re: Cart rule change", sender="Lee <lee@staff.example>",
+                   headers={"In-Reply-To": "<r1@example.com>"})
+    stranger = ingest(run, tmp_path, "r3", at=monday, subject="Re: Cart rule change",
+                      sender="Someone <someone@elsewhere.example>", headers={"In-Reply-To": "<r1@example.com>"})
+    assert (staff["ticket"], stranger["ticket"]) == ("TKT-000001", "TKT-000001")
+    assert show(run, "TKT-000001")["status"] == "closed"
+
+    # The client writing again: the ticket is open once more and owes a response, counted from
+    # this message as a new one of its kind would be (24 business hours: Tuesday 10:00).
+    again = ingest(run, tmp_path, "r4", at=monday, subject="Re: [TKT-000001] Cart rule change",
+                   headers={"In-Reply-To": "<r1@example.com>"})
+    assert again["outcome"] == "threaded" and again["ticket"] == "TKT-000001"
+    assert "reopened" in again["reason"]
+    ticket = show(run, "TKT-000001")
+    assert (ticket["status"], ticket["closed_at"]) == ("open", None)
+    assert ticket["due_at"] == "2026-12-08T10:00:00Z"
+    assert (ticket["first_response_at"], ticket["first_response_by"]) == (None, None)
+    reopen = ticket["history"][-1]
+    assert (reopen["action"], reopen["by"]) == ("reopen", "client@example.com")
+    # The response that was given before is not forgotten.
+    assert "2026-12-03T15:30:00Z by Lee" in reopen["detail"]
+    assert listed(run, "--overdue", at=monday + timedelta(days=2)) == ["TKT-000001"]
+
+    # The same message fetched again changes nothing.
+    path = tmp_path / "r4.eml"
+    status, out = run("ingest", "--json", "--received-at", monday.isoformat(), str(path), at=monday)
+    assert json.loads(out)["outcome"] == "duplicate"
+    assert [e["action"] for e in show(run, "TKT-000001")["history"]] == ["respond", "close", "reopen"]
+
+
 def test_report_counts_met_and_missed_targets_with_median_and_p90(run: Run, tmp_path: Path) -> None:
     # Four priority 1 tickets answered after 5, 10, 20 and 40 minutes (target 15): two met.
     for n, minutes in enumerate((5, 10, 20, 40), start=1):

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import __version__
 from .acknowledgement import PRIORITY_NAMES, format_due
 from .app import App, build_app
-from .clock import Clock, SystemClock, as_utc
+from .clock import Clock, SystemClock, as_utc, iso_utc
 from .config import CONFIG_ENV_VAR, find_config_path, load_settings, read_secret
 from .decisions import Source
 from .errors import ConfigError, ImapError, TicketureError
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     tresp.add_argument("reference")
     tresp.add_argument("--by", metavar="NAME", help=by_help)
     tresp.add_argument("--at", metavar="ISO8601", help="when it was given (default: now)")
-    tclose = tsub.add_parser("close", help="close a ticket: no more deadline alerts")
+    tclose = tsub.add_parser("close", help="close a ticket: no more deadline alerts (the client writing again reopens it)")
     tclose.add_argument("reference")
     tclose.add_argument("--by", metavar="NAME", help=by_help)
 
@@ -540,7 +540,7 @@ def _parse_since(text: str, zone: Any) -> datetime:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    return iso_utc(value) if value else None
 
 
 def _counts(outcomes: dict[str, int]) -> str:

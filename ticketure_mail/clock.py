@@ -45,3 +45,8 @@ def as_utc(instant: datetime) -> datetime:
     if instant.tzinfo is None:
         return instant.replace(tzinfo=UTC)
     return instant.astimezone(UTC)
+
+
+def iso_utc(instant: datetime) -> str:
+    """``2026-12-03T15:00:00Z``: how instants are written in ticket history."""
+    return as_utc(instant).isoformat().replace("+00:00", "Z")

@@ -19,6 +19,9 @@ is kept in the ticket, but cannot escalate it, gets no acknowledgement (which wo
 the ticket's reference and subject), and does not become a participant by writing.
 Automatic mail (see loops.py) never opens a ticket: it joins a matching ticket as a note that
 triggers nothing, or it is discarded with its reason.
+A participant other than staff who writes to a closed ticket reopens it: it owes a response
+again, due as a new request of its priority and type would be, counted from that message.
+Staff writing after closing, strangers and automatic mail leave it closed.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class ThreadCandidate:
     participants: frozenset[str]
     matched_by: MatchedBy
     first_response_at: datetime | None = None
+    closed: bool = False
+    # Staff set its priority: the priority's target applies, not the request type's.
+    triaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,15 @@ class Escalation:
 
 
 @dataclass(frozen=True)
+class Reopening:
+    """The client wrote to a closed ticket: it is open again and owes a response by ``due_at``,
+    counted from this message's arrival."""
+
+    by: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything to write for one message, applied by the store in one transaction."""
 
@@ -118,6 +133,7 @@ class Plan:
     new_ticket: NewTicket | None = None
     join_ticket: ThreadCandidate | None = None
     escalation: Escalation | None = None
+    reopening: Reopening | None = None
     message_kind: MessageKind | None = None
     ack: AckKind | None = None
     ack_recipient: Address | None = None
@@ -268,16 +284,25 @@ def _decide(
 
     if joins and candidate is not None:
         marker = urgency.find(mail.subject)
+        reopening: Reopening | None = None
+        reopened = ""
+        if candidate.closed:
+            # The client needs something more: the ticket owes a response again, on the clock a
+            # new request of its priority and type would run on.
+            target = policy.target_for(candidate.priority, candidate.request_type, triaged=candidate.triaged)
+            reopening = Reopening(requester.address, due_at(received_at, target, policy.calendar))
+            reopened = "reopened: the client wrote after it was closed"
         if marker is not None and candidate.priority != Priority.URGENT:
             escalation = Escalation(marker, due_at(received_at, policy.target_for(Priority.URGENT, RequestType.URGENT),
                                                    policy.calendar))
             ack: AckKind | None = None if ack_blocked else "escalated"
-            return Plan(Outcome.THREADED, _reason(f"escalated to priority 1 by marker {marker!r}", ack_blocked),
-                        join_ticket=candidate, escalation=escalation, message_kind="followup",
+            escalated = f"escalated to priority 1 by marker {marker!r}"
+            return Plan(Outcome.THREADED, _reason("; ".join(p for p in (reopened, escalated) if p), ack_blocked),
+                        join_ticket=candidate, escalation=escalation, reopening=reopening, message_kind="followup",
                         ack=ack, ack_recipient=recipient if ack else None, **base)
         ack = "standard" if acknowledge_followups and not ack_blocked else None
-        return Plan(Outcome.THREADED, _reason("", ack_blocked), join_ticket=candidate, message_kind="followup",
-                    ack=ack, ack_recipient=recipient if ack else None, **base)
+        return Plan(Outcome.THREADED, _reason(reopened, ack_blocked), join_ticket=candidate, reopening=reopening,
+                    message_kind="followup", ack=ack, ack_recipient=recipient if ack else None, **base)
 
     found = classify(mail, urgency, type_rules)
     deadline = due_at(received_at, policy.target_for(found.priority, found.request_type), policy.calendar)

@@ -15,6 +15,7 @@ from .acknowledgement import (
     format_due,
     template_name,
 )
+from .clock import iso_utc
 from .decisions import Plan, Source, dedupe_key
 from .errors import ParseError
 from .loops import judge
@@ -56,7 +57,7 @@ class Explanation:
 
     def as_json(self) -> dict[str, object]:
         data = dict(self.__dict__)
-        data["due_at"] = self.due_at.isoformat().replace("+00:00", "Z") if self.due_at else None
+        data["due_at"] = iso_utc(self.due_at) if self.due_at else None
         return data
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
+from .clock import iso_utc
+
 
 class Address(NamedTuple):
     """One mailbox: a decoded display name and a bare address (``local@domain``)."""
@@ -121,7 +123,7 @@ class ProcessResult:
             "type_rule": self.type_rule,
             "subject": self.subject,
             "from": self.from_address,
-            "due_at": self.due_at.isoformat().replace("+00:00", "Z") if self.due_at else None,
+            "due_at": iso_utc(self.due_at) if self.due_at else None,
             "ack": self.ack,
             "reason": self.reason,
             "message_id": self.message_id,

@@ -23,7 +23,7 @@ from sqlmodel import Session, SQLModel, create_engine, select
 from .acknowledgement import OutgoingMail, TicketFacts
 from .decisions import Plan, Source, ThreadCandidate, same_conversation_subject, thread_index_root
 from .model import Attachment, ParsedMail, Priority, ProcessResult, RequestType
-from .clock import as_utc
+from .clock import as_utc, iso_utc
 from .senders import address_key
 from .subjects import find_reference, format_reference
 from .tables import (
@@ -77,7 +77,7 @@ _TICKETS_BY_THREAD_ROOT = (
 _TICKET_BY_REFERENCE = select(_TICKETS.c.id).where(_TICKETS.c.reference == bindparam("reference"))
 _CANDIDATE = select(
     _TICKETS.c.reference, _TICKETS.c.priority, _TICKETS.c.request_type, _TICKETS.c.requester,
-    _TICKETS.c.first_response_at,
+    _TICKETS.c.first_response_at, _TICKETS.c.status, _TICKETS.c.priority_set_at,
 ).where(_TICKETS.c.id == bindparam("ticket_id"))
 _PARTICIPANTS = select(_MESSAGES.c.from_address).where(
     _MESSAGES.c.ticket_id == bindparam("ticket_id"),
@@ -86,7 +86,7 @@ _PARTICIPANTS = select(_MESSAGES.c.from_address).where(
 )
 _JOINED_TICKET = select(
     _TICKETS.c.reference, _TICKETS.c.subject, _TICKETS.c.priority, _TICKETS.c.request_type, _TICKETS.c.type_rule,
-    _TICKETS.c.due_at, _TICKETS.c.priority_set_at, _TICKETS.c.first_response_at,
+    _TICKETS.c.due_at, _TICKETS.c.priority_set_at, _TICKETS.c.first_response_at, _TICKETS.c.first_response_by,
 ).where(_TICKETS.c.id == bindparam("ticket_id"))
 # The columns to set come with the parameters.
 _UPDATE_TICKET = update(_TICKETS).where(_TICKETS.c.id == bindparam("ticket_row_id"))
@@ -290,6 +290,8 @@ class Store:
             participants=participants,
             matched_by=matched_by,
             first_response_at=ticket.first_response_at,
+            closed=ticket.status == "closed",
+            triaged=ticket.priority_set_at is not None,
         )
 
     def apply(
@@ -393,6 +395,14 @@ class Store:
         row = c.execute(_JOINED_TICKET, {"ticket_id": ticket_id}).one()
         changes: dict[str, Any] = {"updated_at": now}
         priority, request_type, due_at = Priority(row.priority), RequestType(row.request_type), row.due_at
+        if plan.reopening is not None:
+            due_at = plan.reopening.due_at
+            changes.update(status="open", closed_at=None, due_at=due_at, first_response_at=None,
+                           first_response_by=None)
+            earlier = (f"; the earlier first response, at {iso_utc(row.first_response_at)} by {row.first_response_by},"
+                       " is kept here" if row.first_response_at is not None else "")
+            _insert(c, TicketEventRow, ticket_id=ticket_id, at=now, by=plan.reopening.by, action="reopen",
+                    detail=f"reopened by the client's message; response due {iso_utc(due_at)}{earlier}")
         if plan.escalation is not None:
             priority, request_type, due_at = Priority.URGENT, RequestType.URGENT, plan.escalation.due_at
             changes.update(priority=int(priority), request_type=request_type.value,

@@ -261,7 +261,7 @@ class MailboxStateRow(SQLModel, table=True):
 
 
 class TicketEventRow(SQLModel, table=True):
-    """Who changed what on a ticket by hand, and when: triage, responses, closing."""
+    """Who changed what on a ticket, and when: triage, responses and closing by staff, reopening by the client."""
 
     __tablename__ = "ticket_event"
 
@@ -269,7 +269,7 @@ class TicketEventRow(SQLModel, table=True):
     ticket_id: int = Field(foreign_key="ticket.id", index=True)
     at: datetime = _time()
     by: str = Field(max_length=200)
-    action: str = Field(max_length=40)  # set-priority | set-type | respond | close
+    action: str = Field(max_length=40)  # set-priority | set-type | respond | close | reopen
     detail: str = _text()
 
 

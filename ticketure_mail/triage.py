@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from .clock import iso_utc
 from .deadlines import ServicePolicy
 from .model import Priority, RequestType
 from .store import Store, TicketChange, TicketEvent
@@ -38,7 +39,7 @@ def set_priority(
         due = policy.deadline(ticket.received_at, priority, RequestType(ticket.request_type), triaged=True)
         if ticket.priority == priority and ticket.priority_set_at is not None and ticket.due_at == due:
             return None
-        detail = f"priority {ticket.priority} -> {int(priority)}; due {_iso(ticket.due_at)} -> {_iso(due)}"
+        detail = f"priority {ticket.priority} -> {int(priority)}; due {iso_utc(ticket.due_at)} -> {iso_utc(due)}"
         ticket.priority = int(priority)
         ticket.priority_set_by = by
         ticket.priority_set_at = now
@@ -65,7 +66,7 @@ def set_type(
             priority, request_type, triaged=triaged)
         if decides:
             due = policy.deadline(ticket.received_at, priority, request_type, triaged=triaged)
-            detail += f"; due {_iso(ticket.due_at)} -> {_iso(due)}"
+            detail += f"; due {iso_utc(ticket.due_at)} -> {iso_utc(due)}"
             ticket.due_at = due
         ticket.request_type = request_type.value
         ticket.type_rule = None
@@ -82,11 +83,11 @@ def record_response(store: Store, reference: str, by: str, at: datetime, now: da
         if ticket.first_response_at is not None:
             return None
         if at < ticket.received_at:
-            raise TriageRefused(f"a response at {_iso(at)} would come before the request ({_iso(ticket.received_at)})")
+            raise TriageRefused(f"a response at {iso_utc(at)} would come before the request ({iso_utc(ticket.received_at)})")
         ticket.first_response_at = at
         ticket.first_response_by = by
         late = " (after the deadline)" if at > ticket.due_at else ""
-        return TicketEvent("respond", by, f"first response at {_iso(at)}{late}")
+        return TicketEvent("respond", by, f"first response at {iso_utc(at)}{late}")
 
     return _change(store, reference, change, now)
 
@@ -109,7 +110,3 @@ def _change(store: Store, reference: str, change: TicketChange, now: datetime) -
     if done is None:
         raise NoSuchTicket(reference)
     return TriageResult(*done)
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
