@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from servers import ImapAccount, SmtpSink
-from sqlmodel import SQLModel
 
+from dbreset import empty_database
 from ticketure_mail.app import App, build_app
 from ticketure_mail.clock import FrozenClock
 
@@ -22,8 +22,8 @@ ARRIVAL = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)  # a Thursday
 @pytest.fixture
 def app(mailbox: ImapAccount, sink: SmtpSink, db_url: str, tmp_path: Path) -> Iterator[App]:
     application = build_app(settings_for(mailbox, sink, db_url, tmp_path), FrozenClock(ARRIVAL + timedelta(seconds=5)))
-    SQLModel.metadata.drop_all(application.store.engine)
-    application.store.create_schema()
+    empty_database(application.store.engine)
+    application.store.upgrade_schema()
     yield application
     application.close()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from servers import DovecotServer, ImapAccount, SmtpSink, free_port
 
+from dbreset import empty_database
 from ticketure_mail.app import App, build_app
 from ticketure_mail.clock import FrozenClock
 from ticketure_mail.config import settings_from_dict
@@ -315,11 +316,9 @@ def test_two_senders_on_one_database_send_each_acknowledgement_once(
 ) -> None:
     import threading
 
-    from sqlmodel import SQLModel
-
     apps = [build_app(settings_for(mailbox, sink, db_url, tmp_path), clock) for _ in range(2)]
-    SQLModel.metadata.drop_all(apps[0].store.engine)
-    apps[0].store.create_schema()
+    empty_database(apps[0].store.engine)
+    apps[0].store.upgrade_schema()
     try:
         for n in range(60):
             apps[0].processor.process(raw_message(sender=f"two{n}@example.com", message_id=f"<two-{n}@example.com>"),

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import SQLModel
 
+from dbreset import empty_database
 from ticketure_mail.app import App, build_app
 from ticketure_mail.clock import FrozenClock
 from ticketure_mail.config import settings_from_dict
@@ -33,8 +33,8 @@ def app(db_url: str, clock: FrozenClock) -> Iterator[App]:
         "database": {"url": db_url},
     }, "<test>")
     application = build_app(settings, clock)
-    SQLModel.metadata.drop_all(application.store.engine)
-    application.store.create_schema()
+    empty_database(application.store.engine)
+    application.store.upgrade_schema()
     yield application
     application.close()
 
@@ -249,8 +249,8 @@ def test_an_oversized_message_handed_to_ingest_is_kept_for_a_retry(db_url: str, 
         "database": {"url": db_url},
     }, "<test>")
     application = build_app(settings, clock)
-    SQLModel.metadata.drop_all(application.store.engine)
-    application.store.create_schema()
+    empty_database(application.store.engine)
+    application.store.upgrade_schema()
     try:
         raw = raw_message(message_id="<big-ingest@example.com>", body="x" * 5000 + "\n")
         result = application.processor.process(raw, Source("ingest"), START)
@@ -269,8 +269,8 @@ def test_attachments_over_the_limit_are_noted_not_stored(db_url: str, clock: Fro
         "attachments": {"max_bytes_per_message": 1000},
     }, "<test>")
     application = build_app(settings, clock)
-    SQLModel.metadata.drop_all(application.store.engine)
-    application.store.create_schema()
+    empty_database(application.store.engine)
+    application.store.upgrade_schema()
     try:
         raw = (b"From: c@example.com\r\nMessage-ID: <att@example.com>\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
                b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee files\r\n'

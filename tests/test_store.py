@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import SQLModel
 
+from dbreset import empty_database
 from ticketure_mail.acknowledgement import OutgoingMail, TicketFacts
 from ticketure_mail.config import load_settings
 from ticketure_mail.decisions import Plan, Source, decide
@@ -27,8 +27,8 @@ NOW = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
 def store(db_url: str) -> Iterator[Store]:
     s = Store.from_url(db_url, "TKT")
     # The PostgreSQL database is shared by the session: start every test from empty tables.
-    SQLModel.metadata.drop_all(s.engine)
-    s.create_schema()
+    empty_database(s.engine)
+    s.upgrade_schema()
     yield s
     s.close()
 
@@ -212,7 +212,7 @@ def test_taking_due_outbox_rows_reads_an_index_in_order_not_every_pending_row(tm
     from ticketure_mail.store import _DUE_OUTBOX
 
     store = Store.from_url(f"sqlite:///{tmp_path / 'plan.sqlite3'}", "TKT")
-    store.create_schema()
+    store.upgrade_schema()
     sql = str(_DUE_OUTBOX.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True}))
     with store.engine.connect() as connection:
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from servers import ImapAccount, SmtpSink
-from sqlmodel import SQLModel
 
+from dbreset import empty_database
 from ticketure_mail.cli import main
 from ticketure_mail.clock import FrozenClock
 from ticketure_mail.store import Store
@@ -28,7 +28,7 @@ Run = Callable[..., tuple[int, str]]
 def config(mailbox: ImapAccount, sink: SmtpSink, db_url: str, tmp_path: Path) -> Path:
     store = Store.from_url(db_url, "TKT")
     # PostgreSQL is shared by the session: every test starts from empty tables.
-    SQLModel.metadata.drop_all(store.engine)
+    empty_database(store.engine)
     store.close()
     path = tmp_path / "config.toml"
     table = config_table(mailbox, sink, db_url, tmp_path / "pw", staff={"domains": ["staff.example"]})

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from servers import ImapAccount, SmtpSink
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
+from dbreset import empty_database
 from ticketure_mail.app import App, build_app
 from ticketure_mail.cli import main
 from ticketure_mail.clock import FrozenClock, SystemClock
@@ -74,7 +75,7 @@ STAFF = "agent@staff.example"
 def settings(mailbox: ImapAccount, sink: SmtpSink, db_url: str, tmp_path: Path) -> Settings:
     store = Store.from_url(db_url, "TKT")
     # PostgreSQL is shared by the session: every test starts from empty tables.
-    SQLModel.metadata.drop_all(store.engine)
+    empty_database(store.engine)
     store.close()
     return settings_for(mailbox, sink, db_url, tmp_path, watcher={"alert_address": LEADS},
                         staff={"domains": ["staff.example"]})

@@ -88,6 +88,10 @@ def build_app(
         settings.support.reference_prefix,
         give_up_after=timedelta(hours=settings.outbox.give_up_after_hours),
     )
-    store.create_schema()
+    try:
+        store.upgrade_schema()
+    except BaseException:
+        store.close()
+        raise
     return App(settings=settings, clock=clock, store=store, processor=Processor(store, settings, clock), _sender=sender,
                _imap_client=imap_client)

@@ -17,12 +17,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.schema import Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateIndex
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from .acknowledgement import OutgoingMail, TicketFacts
 from .decisions import Plan, Source, ThreadCandidate, same_conversation_subject, thread_index_root
 from .model import Attachment, ParsedMail, Priority, ProcessResult, RequestType
+from . import schema
+from .schema import SchemaState
 from .clock import as_utc, iso_utc
 from .senders import address_key
 from .subjects import find_reference, format_reference
@@ -204,14 +205,10 @@ class Store:
     def from_url(cls, url: str, reference_prefix: str, give_up_after: timedelta = timedelta(hours=48)) -> Store:
         return cls(make_engine(url), reference_prefix, give_up_after)
 
-    def create_schema(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
-        # create_all makes indexes only with their table: one added later reaches an existing
-        # database here (IF NOT EXISTS, as reflection cannot see expression indexes on SQLite).
-        with self._writer, self.engine.begin() as connection:
-            for table in SQLModel.metadata.sorted_tables:
-                for index in table.indexes:
-                    connection.execute(CreateIndex(index, if_not_exists=True))
+    def upgrade_schema(self) -> SchemaState:
+        """Create the schema in an empty database, or bring an older one up to date (schema.py)."""
+        with self._writer:
+            return schema.upgrade(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

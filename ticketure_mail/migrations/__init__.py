@@ -1,0 +1,1 @@
+"""Alembic's scripts for the database schema: env.py and one file per revision in versions/."""
