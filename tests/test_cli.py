@@ -193,3 +193,50 @@ def test_out_of_range_arguments_are_usage_errors(config: Path, args: list[str]) 
     done = cli(config, *args, stdin=b"")
     assert done.returncode == 2, done.stderr
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["ingest", "--received-at", "yesterday", "-"], "ingest"),
+        (["tickets", "respond", "TKT-1", "--at", "2026-12-03"], "tickets respond"),
+        (["explain", "--received-at", "soon", "-"], "explain"),
+        (["report", "--since", "tomorrow"], "report"),
+    ],
+)
+def test_a_bad_time_shows_its_own_commands_usage(config: Path, args: list[str], usage: str) -> None:
+    done = cli(config, *args, stdin=b"")
+    assert done.returncode == 2
+    usages = [line for line in done.stderr.decode().splitlines() if line.startswith("usage:")]
+    assert len(usages) == 1 and usages[0].startswith(f"usage: ticketure-mail {usage} "), done.stderr
+
+
+def test_a_response_in_the_future_is_refused(config: Path) -> None:
+    message = config.parent / "m.eml"
+    message.write_bytes(raw_message(message_id="<future@example.com>"))
+    assert cli(config, "ingest", str(message)).returncode == 0
+    done = cli(config, "tickets", "respond", "TKT-000001", "--at", "2999-01-01T00:00:00Z")
+    assert done.returncode == 2 and b"in the future" in done.stderr
+    shown = json.loads(cli(config, "tickets", "show", "TKT-000001", "--json").stdout)
+    assert shown["first_response_at"] is None
+
+
+def test_a_reader_that_goes_away_gets_no_error(config: Path) -> None:
+    message = config.parent / "m.eml"
+    message.write_bytes(raw_message(message_id="<pipe@example.com>", body="line\n" * 20000))
+    assert cli(config, "ingest", str(message)).returncode == 0
+    shown = subprocess.run(
+        f"{sys.executable} -m ticketure_mail --config {config} tickets show TKT-000001 | head -c 10",
+        shell=True, capture_output=True, timeout=60, cwd=config.parent,
+    )
+    assert shown.stdout.startswith(b"TKT-000001")
+    assert b"Broken pipe" not in shown.stderr and b"Traceback" not in shown.stderr
+
+
+def test_an_unopenable_sqlite_file_is_named(mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path) -> None:
+    table = config_table(mailbox, sink, "sqlite:///no/such/folder/tickets.sqlite3", tmp_path / "pw")
+    path = tmp_path / "config.toml"
+    path.write_text(toml_text(table), encoding="utf-8")
+    done = cli(path, "tickets", "list")
+    assert done.returncode == 1 and b"Traceback" not in done.stderr
+    assert str(tmp_path / "no/such/folder/tickets.sqlite3").encode() in done.stderr

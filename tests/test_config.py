@@ -12,6 +12,7 @@ from ticketure_mail.config import (
     Settings,
     StaffSettings,
     TemplateSettings,
+    database_url,
     find_config_path,
     load_settings,
     parse_duration,
@@ -339,3 +340,37 @@ def test_a_password_file_that_cannot_be_a_password(tmp_path: Path, content: byte
     with pytest.raises(ConfigError) as caught:
         read_secret(settings, "imap")
     assert caught.value.key == "imap.password_file"
+
+
+def test_relative_file_names_are_the_config_files_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cron job or a service manager runs in another folder: the database and the secrets must
+    # be the same ones whatever the working directory, as the templates already were.
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "imap.pw").write_text("from-file\n", encoding="utf-8")
+    path = folder / "config.toml"
+    path.write_text(MINIMAL.replace('password_env = "T_IMAP"', 'password_file = "imap.pw"')
+                    + '[database]\nurl = "sqlite:///data/tickets.sqlite3"\n', encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(path)
+    assert read_secret(settings, "imap") == "from-file"
+    assert database_url(settings) == f"sqlite:///{folder / 'data' / 'tickets.sqlite3'}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:////var/lib/ticketure/tickets.sqlite3", "sqlite://", "sqlite:///:memory:",
+     "postgresql+psycopg://ticketure@127.0.0.1/test"],
+)
+def test_absolute_and_other_database_urls_are_kept(tmp_path: Path, url: str) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL + f'[database]\nurl = "{url}"\n'))
+    assert database_url(settings) == url
+
+
+def test_no_smtp_login_needs_no_smtp_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The example names an environment variable for a login that may not be used at all.
+    settings = load_settings(write(tmp_path, MINIMAL + 'username = ""\npassword_env = "T_SMTP_UNSET"\n'))
+    monkeypatch.delenv("T_SMTP_UNSET", raising=False)
+    assert read_secret(settings, "smtp") == ""

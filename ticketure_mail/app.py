@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .clock import Clock, SystemClock
-from .config import Settings, read_secret
+from .config import Settings, database_url, read_secret
 from .delivery import OutboxDelivery, Sender
 from .idle import IdleWatcher
 from .imap_inbox import ImapClientFactory, ImapInbox
@@ -84,7 +84,7 @@ def build_app(
 
     clock = clock or SystemClock()
     store = Store.from_url(
-        settings.database.url,
+        database_url(settings),
         settings.support.reference_prefix,
         give_up_after=timedelta(hours=settings.outbox.give_up_after_hours),
     )

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime, time
@@ -18,7 +19,7 @@ from . import __version__
 from .acknowledgement import PRIORITY_NAMES, format_due
 from .app import App, build_app
 from .clock import Clock, SystemClock, as_utc, iso_utc
-from .config import CONFIG_ENV_VAR, find_config_path, load_settings, read_secret
+from .config import CONFIG_ENV_VAR, database_url, find_config_path, load_settings, read_secret
 from .decisions import Source
 from .errors import ConfigError, ImapError, TicketureError
 from .imap_inbox import ImapInbox
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="process one raw message from a file or standard input (pipe delivery)")
     ingest.add_argument("file", metavar="FILE|-", help="the raw RFC 5322 message; - reads standard input")
     ingest.add_argument("--json", action="store_true", help="print one JSON object")
-    ingest.add_argument("--received-at", metavar="ISO8601", help="the arrival time (default: now)")
+    ingest.add_argument("--received-at", metavar="ISO8601", type=_time_argument,
+                        help="the arrival time (default: now)")
 
     tickets = sub.add_parser("tickets", help="show stored tickets and triage them")
     tsub = tickets.add_subparsers(dest="tickets_command", required=True, metavar="ACTION")
@@ -90,12 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     tresp = tsub.add_parser("respond", help="record a first response given another way (phone, chat): stops the clock")
     tresp.add_argument("reference")
     tresp.add_argument("--by", metavar="NAME", help=by_help)
-    tresp.add_argument("--at", metavar="ISO8601", help="when it was given (default: now)")
+    tresp.add_argument("--at", metavar="ISO8601", type=_time_argument,
+                       help="when it was given (default: now; not in the future)")
     tclose = tsub.add_parser("close", help="close a ticket: no more deadline alerts (the client writing again reopens it)")
     tclose.add_argument("reference")
     tclose.add_argument("--by", metavar="NAME", help=by_help)
 
     report = sub.add_parser("report", help="first responses per priority and request type: met, median, p90, overdue")
+    report.set_defaults(command_parser=report)  # so that a bad --since shows report's usage
     report.add_argument("--since", metavar="DATE", help="only tickets received since this date (calendar time zone) "
                         "or ISO 8601 time; default: all")
     report.add_argument("--json", action="store_true")
@@ -104,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="what the daemon would do with a message, and why; stores and sends nothing")
     explain_cmd.add_argument("file", metavar="FILE.eml|-", help="the raw RFC 5322 message; - reads standard input")
     explain_cmd.add_argument("--json", action="store_true")
-    explain_cmd.add_argument("--received-at", metavar="ISO8601", help="the arrival time (default: now)")
+    explain_cmd.add_argument("--received-at", metavar="ISO8601", type=_time_argument,
+                             help="the arrival time (default: now)")
 
     outbox = sub.add_parser("outbox", help="mail waiting to be sent, or that failed")
     osub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
@@ -128,12 +133,6 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
     """Run one command; ``clock`` replaces the system clock (replays, tests)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for option in ("received_at", "at"):
-        if getattr(args, option, None):
-            try:
-                setattr(args, option, _parse_time(getattr(args, option)))
-            except ValueError as exc:
-                parser.error(f"--{option.replace('_', '-')}: {exc}")
     _configure_logging(args.log_level)
     path = find_config_path(args.config)
     try:
@@ -143,19 +142,24 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         try:
             app = build_app(settings, clock or SystemClock())
         except SQLAlchemyError as exc:
-            return _database_unavailable(args, exc)
+            return _database_unavailable(args, exc, database_url(settings))
         try:
             if getattr(args, "since", None):
                 try:
                     args.since = _parse_since(args.since, settings.timezone)
                 except ValueError as exc:
-                    parser.error(f"--since: {exc}")
+                    args.command_parser.error(f"argument --since: {exc}")
             return _dispatch(app, args)
         finally:
             app.close()
     except ConfigError as exc:
         print(f"ticketure-mail: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:
+        # The reader went away (`tickets show X | head`): say nothing, and keep Python from
+        # complaining again when it flushes standard output at exit.
+        _silence_stdout()
+        return EXIT_FAILURE
     except (TicketureError, OSError) as exc:
         print(f"ticketure-mail: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -165,12 +169,14 @@ def main(argv: Sequence[str] | None = None, clock: Clock | None = None) -> int:
         return EXIT_FAILURE
 
 
-def _database_unavailable(args: argparse.Namespace, exc: BaseException) -> int:
+def _database_unavailable(args: argparse.Namespace, exc: BaseException, url: str = "") -> int:
     """One line, no traceback. For ingest, EX_TEMPFAIL: the mail server keeps the message and
     delivers it again later, where a plain failure would bounce it to the client."""
     orig = getattr(exc, "orig", None) or exc
     first = (str(orig).strip().splitlines() or [""])[0]
-    print(f"ticketure-mail: database unavailable: {orig.__class__.__name__}: {first}"[:300], file=sys.stderr)
+    # SQLite's "unable to open database file" does not say which file.
+    where = f" ({url.removeprefix('sqlite:///')})" if url.startswith("sqlite:///") else ""
+    print(f"ticketure-mail: database unavailable{where}: {orig.__class__.__name__}: {first}"[:600], file=sys.stderr)
     return EXIT_TEMPFAIL if args.command == "ingest" else EXIT_FAILURE
 
 
@@ -429,6 +435,14 @@ def _row_id(text: str) -> int:
     return int(text)
 
 
+def _time_argument(text: str) -> datetime:
+    """An ISO 8601 time argument; argparse reports a bad one with its own command's usage."""
+    try:
+        return _parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -537,6 +551,14 @@ def _parse_since(text: str, zone: Any) -> datetime:
     except ValueError:
         return _parse_time(text)
     return as_utc(datetime.combine(day, time(0, 0), tzinfo=zone))
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (embedded, tests)
+        pass
 
 
 def _iso(value: datetime | None) -> str | None:

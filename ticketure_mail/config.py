@@ -83,7 +83,8 @@ class SmtpSettings:
     envelope_sender: str = ""
     timeout_seconds: float = 30.0
     # SMTP connections used at once to send a backlog; each has one message in flight at a time.
-    connections: int = 2
+    # One by default: a crash then repeats at most one acknowledgement (see README, Guarantees).
+    connections: int = 1
 
 
 @dataclass(frozen=True)
@@ -364,8 +365,11 @@ def settings_from_dict(table: dict[str, Any], source: str = "<dict>") -> Setting
 
 
 def read_secret(settings: Settings, section: Literal["imap", "smtp"]) -> str:
-    """The password a section names through ``password_env`` or ``password_file``; "" if none."""
+    """The password a section names through ``password_env`` or ``password_file``; "" if none
+    (and always "" for SMTP without a username: no login, no password)."""
     part: ImapSettings | SmtpSettings = getattr(settings, section)
+    if section == "smtp" and not settings.smtp.username:
+        return ""
     if part.password_env:
         value = os.environ.get(part.password_env)
         if value is None:
@@ -377,7 +381,7 @@ def read_secret(settings: Settings, section: Literal["imap", "smtp"]) -> str:
         return value
     if part.password_file:
         try:
-            secret = Path(part.password_file).read_text(encoding="utf-8").strip("\r\n")
+            secret = (config_dir(settings) / part.password_file).read_text(encoding="utf-8").strip("\r\n")
         except UnicodeDecodeError:
             raise ConfigError(settings.source, f"{section}.password_file", "is not UTF-8 text") from None
         except OSError as exc:
@@ -601,6 +605,22 @@ def parse_clock_time(text: str) -> time | None:
     if match.group(1) == "24":
         return None
     return time(int(match.group(1)), int(match.group(2)))
+
+
+def database_url(settings: Settings) -> str:
+    """``database.url``, with a relative SQLite file name taken from the config file's folder
+    (as every other file name in the config is), not from whatever folder the command runs in."""
+    url = settings.database.url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # refused at load; callers never see it
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        return url
+    if Path(name).is_absolute():
+        return url
+    return parsed.set(database=str(config_dir(settings) / name)).render_as_string(hide_password=False)
 
 
 def config_dir(settings: Settings) -> Path:

@@ -79,7 +79,7 @@ class Poller:
             report.imap_error = str(exc)
             self._drop_connection()
             if not self._imap_down:
-                log.warning("IMAP unavailable, will retry next cycle: %s", exc)
+                log.warning("IMAP unavailable (tried again at the next cycle of a running daemon): %s", exc)
             self._imap_down = True
         except TransientError as exc:
             report.storage_error = str(exc)

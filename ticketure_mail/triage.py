@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .clock import iso_utc
 from .deadlines import ServicePolicy
@@ -75,6 +75,10 @@ def set_type(
     return _change(store, reference, change, now)
 
 
+# A response typed "now" on a machine whose clock is a little ahead is still now.
+_CLOCK_SKEW = timedelta(minutes=2)
+
+
 def record_response(store: Store, reference: str, by: str, at: datetime, now: datetime) -> TriageResult:
     """A first response given another way (phone, chat): it stops the response clock. A ticket
     that has one already keeps it."""
@@ -84,6 +88,8 @@ def record_response(store: Store, reference: str, by: str, at: datetime, now: da
             return None
         if at < ticket.received_at:
             raise TriageRefused(f"a response at {iso_utc(at)} would come before the request ({iso_utc(ticket.received_at)})")
+        if at > now + _CLOCK_SKEW:
+            raise TriageRefused(f"a response at {iso_utc(at)} is in the future (it is {iso_utc(now)})")
         ticket.first_response_at = at
         ticket.first_response_by = by
         late = " (after the deadline)" if at > ticket.due_at else ""
