@@ -311,18 +311,81 @@ def test_a_changed_uidvalidity_after_a_migration_yields_no_second_ticket(
         application.close()
 
 
+def two_apps_with_queued_acks(mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path, db_url: str,
+                              clock: FrozenClock, count: int, tag: str) -> list[App]:
+    """Two daemons' worth of parts on one empty database, with ``count`` acknowledgements queued."""
+    apps = [build_app(settings_for(mailbox, sink, db_url, tmp_path), clock) for _ in range(2)]
+    empty_database(apps[0].store.engine)
+    apps[0].store.upgrade_schema()
+    for n in range(count):
+        apps[0].processor.process(raw_message(sender=f"{tag}{n}@example.com", message_id=f"<{tag}-{n}@example.com>"),
+                                  Source("ingest"), clock.now())
+    return apps
+
+
+def test_a_sender_whose_claim_ran_out_does_not_send_what_another_took(
+    mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path, db_url: str, clock: FrozenClock
+) -> None:
+    # A relay slow enough that one sender is still working through its claim when the lease
+    # runs out: the rows go to a second sender, and the first must not send them as well.
+    apps = two_apps_with_queued_acks(mailbox, sink, tmp_path, db_url, clock, 3, "lease")
+    try:
+        slow, other = apps[0].delivery(), apps[1].delivery()
+        claimed_at = clock.now()
+        held = apps[0].store.claim_due_outbox(claimed_at, 10, slow.lease, slow.owner)
+        assert len(held) == 3
+        clock.advance(slow.lease + timedelta(seconds=1))
+        assert other.deliver_due().sent == 3
+        with apps[0].sender().session() as session:
+            report = slow.deliver_claimed(session, held, claimed_at)
+        assert report.sent == 0
+        time.sleep(0.3)
+        assert len(sink.messages) == 3, f"{len(sink.messages) - 3} acknowledgements sent twice"
+    finally:
+        for a in apps:
+            a.close()
+
+
+def test_a_slow_sender_keeps_its_claim_by_renewing_it(
+    mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path, db_url: str, clock: FrozenClock
+) -> None:
+    apps = two_apps_with_queued_acks(mailbox, sink, tmp_path, db_url, clock, 3, "renew")
+    try:
+        slow, other = apps[0].delivery(), apps[1].delivery()
+        claimed_at = clock.now()
+        held = apps[0].store.claim_due_outbox(claimed_at, 10, slow.lease, slow.owner)
+        taken_meanwhile: list[int] = []
+
+        class SlowRelay:
+            """Each message takes 0.6 of the lease; while the second goes out, the other sender looks."""
+
+            def __init__(self, session) -> None:
+                self.session, self.calls = session, 0
+
+            def send(self, envelope):
+                self.calls += 1
+                clock.advance(slow.lease * 0.6)
+                if self.calls == 2:  # 1.2 leases after the claim: only a renewal keeps the third ours
+                    taken_meanwhile.append(other.deliver_due().sent)
+                return self.session.send(envelope)
+
+        with apps[0].sender().session() as session:
+            report = slow.deliver_claimed(SlowRelay(session), held, claimed_at)
+        assert report.sent == 3 and taken_meanwhile == [0]
+        time.sleep(0.3)
+        assert len(sink.messages) == 3
+    finally:
+        for a in apps:
+            a.close()
+
+
 def test_two_senders_on_one_database_send_each_acknowledgement_once(
     mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path, db_url: str, clock: FrozenClock
 ) -> None:
     import threading
 
-    apps = [build_app(settings_for(mailbox, sink, db_url, tmp_path), clock) for _ in range(2)]
-    empty_database(apps[0].store.engine)
-    apps[0].store.upgrade_schema()
+    apps = two_apps_with_queued_acks(mailbox, sink, tmp_path, db_url, clock, 60, "two")
     try:
-        for n in range(60):
-            apps[0].processor.process(raw_message(sender=f"two{n}@example.com", message_id=f"<two-{n}@example.com>"),
-                                      Source("ingest"), clock.now())
         start = threading.Barrier(2)
 
         def deliver(app: App) -> None:

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,35 @@ def test_the_daemon_process_does_not_load_the_parser_nor_alembic() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mailparser', 'tnefparse', 'alembic')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_parser_dies_with_its_daemon_even_by_kill_9(tmp_path: Path) -> None:
+    # A parser stuck on a message would otherwise spin on after its daemon, for hours.
+    # One message parsed first: the child is past its start-up and serving.
+    code = ("import sys, time; from ticketure_mail.parse_workers import ParseWorkers; "
+            "w = ParseWorkers(1, 5); list(w.parse_all([b'Subject: hi\\r\\n\\r\\nbody\\r\\n'])); "
+            "print(w._children[0].process.pid, flush=True); time.sleep(60)")
+    daemon = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(daemon.stdout.readline())
+        os.kill(child, signal.SIGSTOP)  # as good as stuck: it will not notice its socket closing
+        daemon.kill()
+        daemon.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(child):
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.stdout.close()
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be read

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .clock import Clock, SystemClock
 from .config import Settings, database_url, read_secret
-from .delivery import OutboxDelivery, Sender
+from .delivery import OutboxDelivery, Sender, claim_lease
 from .idle import IdleWatcher
 from .imap_inbox import ImapClientFactory, ImapInbox
 from .parse_workers import ParseWorkers
@@ -49,7 +49,8 @@ class App:
 
     def delivery(self) -> OutboxDelivery:
         return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox, stop=self.stop,
-                              connections=self.settings.smtp.connections)
+                              connections=self.settings.smtp.connections,
+                              lease=claim_lease(self.settings.smtp.timeout_seconds))
 
     def watcher(self) -> DeadlineWatcher:
         """The deadline watcher: raises due-soon and breached alerts into the outbox."""

@@ -7,7 +7,9 @@ needs a fraction of it. A child started here imports only the module of its func
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import os
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ def start(target: str) -> tuple[subprocess.Popen[bytes], Connection]:
     ours, theirs = socket.socketpair()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", __name__, target, str(theirs.fileno())],
+            [sys.executable, "-m", __name__, target, str(theirs.fileno()), str(os.getpid())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
         )
@@ -31,7 +33,8 @@ def start(target: str) -> tuple[subprocess.Popen[bytes], Connection]:
 
 
 def _main(argv: list[str]) -> None:
-    target, fd = argv
+    target, fd, parent = argv
+    _end_with_parent(int(parent))
     module, _, function = target.partition(":")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     connection = Connection(int(fd))
@@ -39,6 +42,22 @@ def _main(argv: list[str]) -> None:
         getattr(importlib.import_module(module), function)(connection)
     finally:
         connection.close()
+
+
+def _end_with_parent(parent: int) -> None:
+    """Be killed when the parent dies, however it dies: a daemon ended by kill -9 must not leave
+    a child spinning on a message that hangs the parser. Linux only (prctl); elsewhere the
+    child still ends when its socket closes, once it is back to reading."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 if __name__ == "__main__":

@@ -20,10 +20,17 @@ from .store import OutboxItem, Store
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF = timedelta(hours=1)
-# Rows are claimed a few at a time, for long enough to send them all even at a slow relay's
-# timeouts: another sender never takes them meanwhile, and a dead sender's rows come back soon.
+# Rows are claimed a few at a time, for a lease another sender respects; a dead sender's rows
+# come back when it runs out. A sender still at work renews the lease on its remaining rows
+# once half of it is spent, and never sends a row whose claim it lost.
 _CLAIM_CHUNK = 10
 _CLAIM_LEASE = timedelta(minutes=5)
+
+
+def claim_lease(smtp_timeout_seconds: float) -> timedelta:
+    """A lease that outlasts any one message's SMTP conversation by far (each of its few
+    commands is bounded by the timeout), so a renewal at half time is always in time."""
+    return max(_CLAIM_LEASE, timedelta(seconds=smtp_timeout_seconds * 20))
 
 
 def _pid_alive(owner: str) -> bool:
@@ -75,7 +82,7 @@ class OutboxDelivery:
     """The step that turns pending outbox rows into sent, retrying or failed ones."""
 
     def __init__(self, store: Store, sender: Sender, clock: Clock, settings: OutboxSettings, batch_size: int = 100,
-                 stop: threading.Event | None = None, connections: int = 1):
+                 stop: threading.Event | None = None, connections: int = 1, lease: timedelta = _CLAIM_LEASE):
         self.store = store
         self.sender = sender
         self.clock = clock
@@ -89,14 +96,16 @@ class OutboxDelivery:
         # The poll cycle, the sender thread and the deadline watcher may all ask for a run: two
         # runs at once would read the same due rows and send them twice.
         self._lock = threading.Lock()
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = lease
+        # Who holds a claim: host, process and this delivery step.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._reclaimed = False
 
     def _take_back_dead_claims(self) -> None:
         """Rows held by a process of this host that no longer runs (kill -9, a crash) are sent
         now rather than when their lease runs out. Other hosts' claims wait for the lease."""
         host = socket.gethostname()
-        dead = [o for o in self.store.claim_owners(f"{host}:") if o != self._owner and not _pid_alive(o)]
+        dead = [o for o in self.store.claim_owners(f"{host}:") if o != self.owner and not _pid_alive(o)]
         released = self.store.release_claims_of(dead)
         if released:
             log.warning("took back %d outbox row(s) claimed by a process that is gone (%s)", released, ", ".join(dead))
@@ -141,29 +150,50 @@ class OutboxDelivery:
         previous: set[int] = set()
         with self.sender.session() as session:
             while True:
+                claimed_at = self.clock.now()
                 due = self.store.claim_due_outbox(
-                    self.clock.now(), min(self.batch_size, _CLAIM_CHUNK), _CLAIM_LEASE, self._owner
+                    claimed_at, min(self.batch_size, _CLAIM_CHUNK), self.lease, self.owner
                 )
                 items = [i for i in due if i.id not in previous]
                 if not items:
                     return report
                 previous = {i.id for i in due}
-                if not self._deliver_batch(session, items, report):
+                if not self._deliver_batch(session, items, claimed_at, report):
                     return report
 
-    def _deliver_batch(self, session: SenderSession, items: list[OutboxItem], report: DeliveryReport) -> bool:
+    def deliver_claimed(self, session: SenderSession, items: list[OutboxItem], claimed_at: datetime) -> DeliveryReport:
+        """Send rows this sender claimed at ``claimed_at`` (what each connection does after each claim)."""
+        report = DeliveryReport()
+        self._deliver_batch(session, items, claimed_at, report)
+        return report
+
+    def _deliver_batch(self, session: SenderSession, items: list[OutboxItem], claimed_at: datetime,
+                       report: DeliveryReport) -> bool:
+        held_until = claimed_at + self.lease
+        lost: set[int] = set()
         for index, item in enumerate(items):
             if self.stop.is_set():
-                self.store.release_claims([i.id for i in items[index:]])
+                self.store.release_claims([i.id for i in items[index:] if i.id not in lost])
                 return False
+            now = self.clock.now()
+            if now >= held_until - self.lease / 2:
+                # A slow relay has used half the lease: renew it on the rows left, and learn
+                # which of them another sender took after the lease ran out.
+                held_until = now + self.lease
+                left = [i.id for i in items[index:] if i.id not in lost]
+                lost.update(set(left) - self.store.renew_claims(left, self.owner, held_until))
+            if item.id in lost:
+                log.warning("outbox %d skipped: its claim ran out and another sender took it", item.id)
+                continue
             try:
                 result = session.send(Envelope(item.id, item.envelope_sender, item.recipient, item.data))
             except SmtpUnavailable as exc:
                 report.unavailable = True
                 report.errors.append(str(exc))
                 self._note_outage(str(exc), len(items) - index)
-                self._expire(items[index:])
-                self.store.release_claims([i.id for i in items[index:]], f"relay unavailable: {exc}")
+                ours = [i for i in items[index:] if i.id not in lost]
+                self._expire(ours)
+                self.store.release_claims([i.id for i in ours], f"relay unavailable: {exc}")
                 return False
             if self._outage_since is not None:
                 self._note_recovery()

@@ -107,6 +107,16 @@ _CLAIM_OUTBOX = (
     .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
     .values(claimed_until=bindparam("until"), claimed_by=bindparam("owner"))
 )
+_RENEW_CLAIMS = (
+    update(_OUTBOX)
+    .where(
+        _OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
+        _OUTBOX.c.claimed_by == bindparam("owner"),
+        _OUTBOX.c.status == "pending",
+    )
+    .values(claimed_until=bindparam("until"))
+    .returning(_OUTBOX.c.id)
+)
 _MARK_SENT = (
     update(_OUTBOX)
     .where(_OUTBOX.c.id == bindparam("row_id"))
@@ -564,6 +574,14 @@ class Store:
             if rows:
                 c.execute(_CLAIM_OUTBOX, {"ids": [r.id for r in rows], "until": now + lease, "owner": fit(owner, 200)})
             return [_outbox_item(r) for r in rows]
+
+    def renew_claims(self, item_ids: Sequence[int], owner: str, until: datetime) -> set[int]:
+        """Extend this owner's claims on these rows to ``until``; the ids it still held."""
+        if not item_ids:
+            return set()
+        with self._connection() as c:
+            rows = c.execute(_RENEW_CLAIMS, {"ids": list(item_ids), "owner": fit(owner, 200), "until": until}).all()
+            return {int(r.id) for r in rows}
 
     def release_claims(self, item_ids: Sequence[int], error: str = "") -> None:
         """Give rows back unsent (the relay is down, a stop was asked for); ``error``, when
