@@ -754,6 +754,9 @@ class _SinkHandler:
         refusal = self.sink._take_failure("data")
         if refusal is not None:
             return self._refuse(server, refusal)
+        if self.sink.data_delay_seconds:
+            # A relay that scans mail before it answers the end of data.
+            await asyncio.sleep(self.sink.data_delay_seconds)
         sender = envelope.mail_from or ""
         data = envelope.original_content or b""
         login = None
@@ -791,6 +794,8 @@ class SmtpSink:
     ) -> None:
         self.enable_smtputf8 = enable_smtputf8
         self.auth = auth
+        # Seconds the sink waits before it answers the end of each message's data.
+        self.data_delay_seconds = 0.0
         self.ready_timeout = ready_timeout
         self._controller: Controller | None = None
         self._port: int | None = None

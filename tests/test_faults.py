@@ -109,6 +109,28 @@ def test_temporary_failures_give_up_after_max_attempts(mailbox: ImapAccount, sin
         application.close()
 
 
+def test_a_relay_slow_to_answer_the_end_of_data_gets_each_acknowledgement_once(
+    mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path, clock: FrozenClock
+) -> None:
+    # Relays that scan mail may take minutes to answer the end of data (RFC 5321 allows ten).
+    # Taking that for a failure would send again a message the relay had already accepted.
+    settings = settings_for(mailbox, sink, f"sqlite:///{tmp_path / 'slow.sqlite3'}", tmp_path,
+                            smtp={"timeout_seconds": 1.0}, outbox={"first_retry_seconds": 1, "max_attempts": 4})
+    app = build_app(settings, clock)
+    sink.data_delay_seconds = 2.0
+    try:
+        ingest_three(app)
+        report = app.delivery().deliver_due()
+        assert (report.sent, report.retrying, report.failed) == (3, 0, 0)
+        for _ in range(4):  # any retry that was wrongly queued would go out here
+            clock.advance(timedelta(minutes=10))
+            app.delivery().deliver_due()
+        assert len(sink.messages) == 3
+    finally:
+        sink.data_delay_seconds = 0.0
+        app.close()
+
+
 def test_an_absent_relay_is_logged_once_and_mail_waits(mailbox: ImapAccount, sink: SmtpSink, tmp_path: Path,
                                                        clock: FrozenClock, caplog: pytest.LogCaptureFixture) -> None:
     table = config_table(mailbox, sink, f"sqlite:///{tmp_path / 'r.sqlite3'}", tmp_path / "pw")

@@ -50,7 +50,8 @@ class App:
     def delivery(self) -> OutboxDelivery:
         return OutboxDelivery(self.store, self.sender(), self.clock, self.settings.outbox, stop=self.stop,
                               connections=self.settings.smtp.connections,
-                              lease=claim_lease(self.settings.smtp.timeout_seconds))
+                              lease=claim_lease(self.settings.smtp.timeout_seconds,
+                                                self.settings.smtp.data_timeout_seconds))
 
     def watcher(self) -> DeadlineWatcher:
         """The deadline watcher: raises due-soon and breached alerts into the outbox."""

@@ -82,6 +82,10 @@ class SmtpSettings:
     # Empty: acknowledgements go out with the null envelope sender (RFC 3834 section 3.3).
     envelope_sender: str = ""
     timeout_seconds: float = 30.0
+    # For one message's MAIL, RCPT and DATA, above all the reply to its end of data, which a
+    # relay that scans mail may take minutes to give (RFC 5321 section 4.5.3.2.6: 10 minutes).
+    # Giving up sooner makes a message the relay accepted look failed, and it is sent again.
+    data_timeout_seconds: float = 600.0
     # SMTP connections used at once to send a backlog; each has one message in flight at a time.
     # One by default: a crash then repeats at most one acknowledgement (see README, Guarantees).
     connections: int = 1
@@ -502,7 +506,8 @@ def _check_semantics(settings: Settings) -> None:
     need(bool(settings.imap.folder), "imap.folder", "must not be empty")
     need(1 <= settings.imap.batch_size <= 5000, "imap.batch_size", "must be between 1 and 5000")
     need(settings.imap.max_message_bytes >= 1024, "imap.max_message_bytes", "must be at least 1024")
-    for key in ("imap.connect_timeout_seconds", "imap.read_timeout_seconds", "smtp.timeout_seconds"):
+    for key in ("imap.connect_timeout_seconds", "imap.read_timeout_seconds", "smtp.timeout_seconds",
+                "smtp.data_timeout_seconds"):
         section, name = key.split(".")
         value = getattr(getattr(settings, section), name)
         need(0 < value <= 3600, key, f"must be above 0 and at most 3600 seconds, not {value}")

@@ -27,10 +27,11 @@ _CLAIM_CHUNK = 10
 _CLAIM_LEASE = timedelta(minutes=5)
 
 
-def claim_lease(smtp_timeout_seconds: float) -> timedelta:
-    """A lease that outlasts any one message's SMTP conversation by far (each of its few
-    commands is bounded by the timeout), so a renewal at half time is always in time."""
-    return max(_CLAIM_LEASE, timedelta(seconds=smtp_timeout_seconds * 20))
+def claim_lease(smtp_timeout_seconds: float, data_timeout_seconds: float) -> timedelta:
+    """A lease whose half outlasts any one message's SMTP transaction (bounded by the data
+    timeout) and a reconnection (by a few plain timeouts), so a renewal is always in time."""
+    return max(_CLAIM_LEASE, timedelta(seconds=smtp_timeout_seconds * 20),
+               timedelta(seconds=data_timeout_seconds * 3))
 
 
 def _pid_alive(owner: str) -> bool:

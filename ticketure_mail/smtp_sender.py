@@ -90,10 +90,13 @@ class SmtpSender:
             if not client.supports_extension("smtputf8"):
                 return SendResult(envelope.key, SendStatus.PERMANENT, "address needs SMTPUTF8, which the relay lacks")
             options.append("SMTPUTF8")
+        # The whole transaction of one message gets the long data timeout: the reply to the end
+        # of data is the one a slow relay delays, and a timeout there would resend what it took.
+        wait = max(self.settings.data_timeout_seconds, self.settings.timeout_seconds)
         try:
-            async with asyncio.timeout(self.settings.timeout_seconds):
+            async with asyncio.timeout(wait):
                 refused, _reply = await client.sendmail(
-                    envelope.sender, [envelope.recipient], envelope.data, mail_options=options
+                    envelope.sender, [envelope.recipient], envelope.data, mail_options=options, timeout=wait
                 )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             code = min((r.code for r in exc.recipients), default=550)
