@@ -139,6 +139,18 @@ def test_mailbox_position_never_moves_back(store: Store) -> None:
     assert store.last_uid("INBOX", 43) is None  # a new UIDVALIDITY starts afresh
 
 
+def test_a_message_quarantined_twice_has_one_entry(store: Store) -> None:
+    # After a crash between the quarantine row and the IMAP move, the message is fetched and
+    # quarantined again: the same entry, with the latest reason.
+    source = Source("imap", "INBOX", 1, 43)
+    first = store.quarantine(source=source, reason="cannot parse", raw=b"junk", size=4, received_at=NOW, now=NOW)
+    again = store.quarantine(source=source, reason="parser timed out", raw=b"junk", size=4, received_at=NOW, now=NOW)
+    other = store.quarantine(source=Source("imap", "INBOX", 1, 44), reason="x", raw=b"j", size=1, received_at=NOW,
+                             now=NOW)
+    assert again == first and other != first
+    assert [(r.uid, r.reason) for r in store.held_quarantine()] == [(43, "parser timed out"), (44, "x")]
+
+
 def test_quarantine_rows(store: Store) -> None:
     row_id = store.quarantine(source=Source("imap", "INBOX", 1, 9), reason="cannot parse", raw=b"junk",
                               size=4, received_at=NOW, now=NOW)

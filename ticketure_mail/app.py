@@ -11,7 +11,7 @@ from .config import Settings, database_url, read_secret
 from .delivery import OutboxDelivery, Sender, claim_lease
 from .idle import IdleWatcher
 from .imap_inbox import ImapClientFactory, ImapInbox
-from .parse_workers import ParseWorkers
+from .parse_workers import ParseOutcome, ParseWorkers
 from .pipeline import Processor
 from .poller import Poller
 from .smtp_sender import SmtpSender
@@ -29,6 +29,7 @@ class App:
     _sender: Sender | None = None
     _poller: Poller | None = None
     _imap_client: ImapClientFactory | None = None
+    _command_parser: ParseWorkers | None = None
 
     def inbox(self) -> ImapInbox:
         """A new, unconnected IMAP inbox; reading the password may raise ConfigError."""
@@ -69,7 +70,22 @@ class App:
                                   parsers)
         return self._poller
 
+    def parse_guarded(self, raw: bytes) -> ParseOutcome | None:
+        """Parse one message for a command (ingest, quarantine retry, explain) as the daemon
+        does: in a parser process, given up after workers.parse_timeout_seconds, so a message
+        that hangs the parser cannot hang the command. None: parse in line (no parser
+        processes configured, or a message over the size limit, which is not parsed at all)."""
+        workers = self.settings.workers
+        if not workers.parser_processes or len(raw) > self.settings.imap.max_message_bytes:
+            return None
+        if self._command_parser is None:
+            self._command_parser = ParseWorkers(1, workers.parse_timeout_seconds)
+        return next(iter(self._command_parser.parse_all([raw])))
+
     def close(self) -> None:
+        if self._command_parser is not None:
+            self._command_parser.close()
+            self._command_parser = None
         if self._poller is not None:
             self._poller.close()
             self._poller = None

@@ -234,7 +234,7 @@ def _ingest(app: App, args: argparse.Namespace) -> int:
     else:
         raw = Path(args.file).read_bytes()
     try:
-        result = app.processor.process(raw, Source("ingest"), args.received_at)
+        result = app.processor.process(raw, Source("ingest"), args.received_at, app.parse_guarded(raw))
     except StorageUnavailable as exc:
         # A pipe delivery should be retried by the mail server: temporary failure (EX_TEMPFAIL).
         print(f"ticketure-mail: {exc}", file=sys.stderr)
@@ -376,13 +376,16 @@ def _quarantine(app: App, args: argparse.Namespace) -> int:
                   "raise imap.max_message_bytes and move it back to the inbox folder")
             status = EXIT_FAILURE
             continue
-        result = app.processor.process(r.raw, Source("quarantine"), r.received_at)
-        # The old entry is done with either way: a new failure is held under a new entry.
+        result = app.processor.process(r.raw, Source("quarantine", quarantine_id=r.id), r.received_at,
+                                       app.parse_guarded(r.raw))
+        if result.outcome == Outcome.QUARANTINED:
+            # Held again under the same entry, with the new reason.
+            print(f"{r.id}: still quarantined ({result.reason})")
+            status = EXIT_FAILURE
+            continue
         app.store.release_quarantine(r.id, app.clock.now())
         print(f"{r.id}: {result.outcome.value}{' ' + result.ticket if result.ticket else ''}"
               f"{' (' + result.reason + ')' if result.reason else ''}")
-        if result.outcome == Outcome.QUARANTINED:
-            status = EXIT_FAILURE
     return status
 
 
@@ -529,7 +532,7 @@ def _report(app: App, args: argparse.Namespace) -> int:
 def _explain(app: App, args: argparse.Namespace) -> int:
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     now = app.clock.now()
-    found = explain(app.processor, raw, args.received_at or now, now)
+    found = explain(app.processor, raw, args.received_at or now, now, app.parse_guarded(raw))
     if args.json:
         print(json.dumps(found.as_json(), ensure_ascii=False, indent=2))
     else:

@@ -59,6 +59,8 @@ class Source:
     folder: str = ""
     uidvalidity: int | None = None
     uid: int | None = None
+    # For a retry from quarantine: the entry retried, which a new failure updates.
+    quarantine_id: int | None = None
 
     def label(self) -> str:
         if self.kind == "imap":

@@ -20,6 +20,7 @@ from .decisions import Plan, Source, dedupe_key
 from .errors import ParseError
 from .loops import judge
 from .model import Priority, RequestType
+from .parse_workers import ParseOutcome
 from .pipeline import Processor
 
 
@@ -61,15 +62,19 @@ class Explanation:
         return data
 
 
-def explain(processor: Processor, raw: bytes, arrival: datetime, now: datetime) -> Explanation:
-    """Run the same steps as the pipeline up to, not including, the transaction."""
+def explain(processor: Processor, raw: bytes, arrival: datetime, now: datetime,
+            parsed: ParseOutcome | None = None) -> Explanation:
+    """Run the same steps as the pipeline up to, not including, the transaction. ``parsed``:
+    what a parser process made of ``raw``; without it the message is parsed here."""
     settings = processor.settings
     if len(raw) > settings.imap.max_message_bytes:
         return Explanation("quarantined", f"message of {len(raw)} bytes is over imap.max_message_bytes")
     from .parsing import parse_mail  # imported here: the daemon's process need not load the parser
 
     try:
-        mail = parse_mail(raw)
+        mail = parse_mail(raw) if parsed is None else parsed
+        if isinstance(mail, ParseError):
+            raise mail
     except ParseError as exc:
         return Explanation("quarantined", f"cannot parse: {exc}")
     found = Explanation(

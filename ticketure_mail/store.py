@@ -501,6 +501,16 @@ class Store:
         mail: ParsedMail | None = None,
     ) -> int:
         with self.transaction() as s:
+            # One entry per message: a retry that fails again, or a message quarantined again
+            # after a crash kept it in the inbox, updates the entry it already has.
+            held = self._held_entry(s, source)
+            if held is not None:
+                held.reason = reason
+                held.created_at = now
+                s.add(held)
+                s.flush()
+                assert held.id is not None
+                return held.id
             row = QuarantineRow(
                 source=source.label(),
                 folder=source.folder,
@@ -519,6 +529,20 @@ class Store:
             s.flush()
             assert row.id is not None
             return row.id
+
+    @staticmethod
+    def _held_entry(s: Session, source: Source) -> QuarantineRow | None:
+        if source.quarantine_id is not None:
+            query = select(QuarantineRow).where(QuarantineRow.id == source.quarantine_id)
+        elif source.kind == "imap" and source.uid is not None:
+            query = select(QuarantineRow).where(
+                QuarantineRow.folder == fit(source.folder, 400),
+                QuarantineRow.uidvalidity == source.uidvalidity,
+                QuarantineRow.uid == source.uid,
+            )
+        else:
+            return None
+        return s.exec(query.where(QuarantineRow.status == "held").limit(1)).first()
 
     def held_quarantine(self) -> list[QuarantineRow]:
         with self.transaction() as s:
