@@ -50,3 +50,10 @@ def raw_message(
         msg[key] = value
     msg.set_content(body)
     return msg.as_bytes()
+
+
+def slow_to_parse(message_id: str) -> bytes:
+    """HTML that Python's html.parser takes seconds over (quadratic in the unclosed tags)."""
+    return (f"From: Hostile <hostile@example.org>\r\nTo: support@ticketure.test\r\nSubject: slow\r\n"
+            f"Message-ID: <{message_id}>\r\nContent-Type: text/html\r\n\r\n").encode() + (
+        b"<html><body><!--" + b"a" * 10 + b"</" * 150_000)

@@ -10,7 +10,7 @@ import pytest
 from servers import ImapAccount, SmtpSink
 
 from appfactory import config_table, toml_text
-from mailfactory import raw_message
+from mailfactory import raw_message, slow_to_parse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,13 +241,6 @@ def test_an_unopenable_sqlite_file_is_named(mailbox: ImapAccount, sink: SmtpSink
     done = cli(path, "tickets", "list")
     assert done.returncode == 1 and b"Traceback" not in done.stderr
     assert str(tmp_path / "no/such/folder/tickets.sqlite3").encode() in done.stderr
-
-
-def slow_to_parse(message_id: str) -> bytes:
-    """HTML that Python's html.parser takes seconds over (quadratic in the unclosed tags)."""
-    return (f"From: Hostile <hostile@example.org>\r\nTo: support@ticketure.test\r\nSubject: slow\r\n"
-            f"Message-ID: <{message_id}>\r\nContent-Type: text/html\r\n\r\n").encode() + (
-        b"<html><body><!--" + b"a" * 10 + b"</" * 150_000)
 
 
 def test_commands_give_up_on_a_message_that_hangs_the_parser(mailbox: ImapAccount, sink: SmtpSink,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailfactory import raw_message
+from mailfactory import raw_message, slow_to_parse
 
 from ticketure_mail.errors import ParseError
 from ticketure_mail.model import ParsedMail
@@ -112,3 +112,16 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has ended; only its exit status waits to be read
+
+
+def test_leaving_the_loop_does_not_wait_on_messages_that_hang_the_parser(parsers: ParseWorkers) -> None:
+    # A stop asked for while the parsers hold several messages that each hang them: no
+    # waiting out the parse timeout (2 s here) once per message held.
+    started = time.monotonic()
+    outcomes = parsers.parse_all([slow_to_parse(f"slow-{n}@example.org") for n in range(8)])
+    first = next(outcomes)
+    outcomes.close()  # the caller leaves the loop
+    assert isinstance(first, ParseError) and "took longer" in str(first)
+    assert time.monotonic() - started < 10  # about 2 s; waiting for each of the others: 16 s
+    assert all(child.alive for child in parsers._children)
+    assert [o.message_id for o in parsers.parse_all(messages(2))] == ["w0@example.com", "w1@example.com"]

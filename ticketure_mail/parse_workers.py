@@ -46,7 +46,9 @@ class ParseWorkers:
         """The parsed mail (or the ParseError) for each message, in order; None for None.
 
         Messages are handed out a few ahead of the one yielded, so the children parse while
-        the caller stores. Leaving the loop early waits for the few in flight and drops them.
+        the caller stores. Leaving the loop early (a stop, an error) drops the few in flight
+        and restarts the children that held them: waiting for them could mean waiting out the
+        parse timeout once per message, on a message that hangs the parser.
         """
         children = self._started()
         # (the child parsing it, or None with the outcome already known; the message's size)
@@ -70,9 +72,8 @@ class ParseWorkers:
                 ahead_bytes -= size
                 yield known if child is None else child.result(self.timeout)
         finally:
-            for child, _known, _size in waiting:
-                if child is not None:
-                    child.result(self.timeout)
+            for child in {child for child, _known, _size in waiting if child is not None}:
+                child.restart()
 
     def start(self) -> None:
         """Start the children now rather than with the first batch (they take a moment to import)."""
@@ -158,6 +159,12 @@ class _Child:
         for raw in rest:
             self.submit(raw)
         return ParseError(failure)
+
+    def restart(self) -> None:
+        """Drop whatever this child holds and start a fresh one."""
+        self._kill()
+        self._in_flight.clear()
+        self._start()
 
     def stop(self) -> None:
         self._outgoing.put(None)
