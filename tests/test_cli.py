@@ -74,6 +74,7 @@ def test_ingest_plain_line_and_bad_arrival_time(config: Path) -> None:
     message.write_bytes(raw_message(message_id="<cli-2@example.com>"))
     done = cli(config, "ingest", str(message))
     assert done.returncode == 0 and done.stdout.decode().startswith("created TKT-")
+    assert " due " in done.stdout.decode() and "(Europe/London)" in done.stdout.decode()  # as every command shows it
     bad = cli(config, "ingest", "--received-at", "yesterday", str(message))
     assert bad.returncode == 2 and b"--received-at" in bad.stderr
 

@@ -374,3 +374,16 @@ def test_no_smtp_login_needs_no_smtp_password(tmp_path: Path, monkeypatch: pytes
     settings = load_settings(write(tmp_path, MINIMAL + 'username = ""\npassword_env = "T_SMTP_UNSET"\n'))
     monkeypatch.delenv("T_SMTP_UNSET", raising=False)
     assert read_secret(settings, "smtp") == ""
+
+
+def test_a_password_file_others_can_read_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    secret.chmod(0o644)
+    settings = load_settings(write(tmp_path, MINIMAL.replace('password_env = "T_IMAP"', f'password_file = "{secret}"')))
+    assert read_secret(settings, "imap") == "s3cret"
+    assert "can be read by other users" in caplog.text
+    caplog.clear()
+    secret.chmod(0o600)
+    read_secret(settings, "imap")
+    assert "other users" not in caplog.text

@@ -211,7 +211,7 @@ def _poll_once(app: App) -> int:
         poller.close()
     d = report.delivery
     print(
-        f"processed {report.processed} message(s){_counts(report.outcomes)}; "
+        f"processed {report.processed} message(s){f' ({report.outcome_counts()})' if report.outcomes else ''}; "
         f"sent {d.sent}, retrying {d.retrying}, failed {d.failed}"
     )
     problems = [p for p in (report.imap_error, report.storage_error, *(d.errors[:1] if d.unavailable else [])) if p]
@@ -243,7 +243,7 @@ def _ingest(app: App, args: argparse.Namespace) -> int:
         print(json.dumps(result.as_json(), ensure_ascii=False))
     else:
         ticket = f" {result.ticket}" if result.ticket else ""
-        due = f" due {result.due_at.isoformat()}" if result.due_at else ""
+        due = f" due {format_due(result.due_at, app.settings.timezone)}" if result.due_at else ""
         reason = f" ({result.reason})" if result.reason else ""
         ack = " ack queued" if result.ack else ""
         print(f"{result.outcome.value}{ticket}{due}{ack}{reason}")
@@ -325,7 +325,7 @@ def _outbox(app: App, args: argparse.Namespace) -> int:
         if app.store.requeue_outbox(args.id, app.clock.now()):
             print(f"outbox {args.id} queued again")
             return EXIT_OK
-        print(f"ticketure-mail: outbox {args.id} is not a failed message", file=sys.stderr)
+        print(f"ticketure-mail: no failed outbox message {args.id} (see 'outbox list')", file=sys.stderr)
         return EXIT_FAILURE
     items = app.store.outbox_items()
     if args.json:
@@ -566,12 +566,6 @@ def _silence_stdout() -> None:
 
 def _iso(value: datetime | None) -> str | None:
     return iso_utc(value) if value else None
-
-
-def _counts(outcomes: dict[str, int]) -> str:
-    if not outcomes:
-        return ""
-    return " (" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ")"
 
 
 if __name__ == "__main__":  # pragma: no cover

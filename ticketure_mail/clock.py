@@ -48,5 +48,5 @@ def as_utc(instant: datetime) -> datetime:
 
 
 def iso_utc(instant: datetime) -> str:
-    """``2026-12-03T15:00:00Z``: how instants are written in ticket history."""
-    return as_utc(instant).isoformat().replace("+00:00", "Z")
+    """``2026-12-03T15:00:00Z``: how instants are written for people and in JSON (to the second)."""
+    return as_utc(instant).isoformat(timespec="seconds").replace("+00:00", "Z")

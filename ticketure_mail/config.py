@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import stat
@@ -25,6 +26,8 @@ from .errors import ConfigError
 CONFIG_ENV_VAR = "TICKETURE_MAIL_CONFIG"
 # A real config is a few kilobytes; a multi-gigabyte file must not be read whole first.
 _MAX_CONFIG_BYTES = 1024 * 1024
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG_PATH = "config.toml"
 
 TlsMode = Literal["ssl", "starttls", "none"]
@@ -384,8 +387,11 @@ def read_secret(settings: Settings, section: Literal["imap", "smtp"]) -> str:
             )
         return value
     if part.password_file:
+        path = config_dir(settings) / part.password_file
         try:
-            secret = (config_dir(settings) / part.password_file).read_text(encoding="utf-8").strip("\r\n")
+            if path.stat().st_mode & 0o077:
+                log.warning("%s.password_file %s can be read by other users: chmod 600 it", section, path)
+            secret = path.read_text(encoding="utf-8").strip("\r\n")
         except UnicodeDecodeError:
             raise ConfigError(settings.source, f"{section}.password_file", "is not UTF-8 text") from None
         except OSError as exc:

@@ -91,8 +91,9 @@ def _cycle(poller: Poller) -> None:
         return
     if report.processed or report.delivery.sent or report.delivery.failed:
         log.info(
-            "cycle: %d processed %s; sent %d, retrying %d, failed %d",
-            report.processed, report.outcomes, report.delivery.sent, report.delivery.retrying, report.delivery.failed,
+            "cycle: %d processed (%s); sent %d, retrying %d, failed %d",
+            report.processed, report.outcome_counts() or "none", report.delivery.sent, report.delivery.retrying,
+            report.delivery.failed,
         )
 
 

@@ -39,6 +39,10 @@ class CycleReport:
     def count(self, outcome: Outcome) -> None:
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
 
+    def outcome_counts(self) -> str:
+        """``created 3, quarantined 1``: the cycle's outcomes, as a log line or a command says them."""
+        return ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items()))
+
 
 class Poller:
     """Owns the IMAP connection across cycles and reconnects when it breaks.
