@@ -358,7 +358,7 @@ def _quarantine(app: App, args: argparse.Namespace) -> int:
         if not rows:
             print("quarantine empty")
         for r in rows:
-            print(f"{r.id:>6}  {r.source}  {r.from_address or '?'}  {r.subject or '(no subject)'}  reason: {r.reason}")
+            print(f"{r.id:>6}  {r.source}  from {r.from_address or '(no sender)'}  {r.subject or '(no subject)'}  reason: {r.reason}")
         return EXIT_OK
     if args.id != "all":
         if not (args.id.isascii() and args.id.isdigit()) or int(args.id) > _MAX_ROW_ID:
