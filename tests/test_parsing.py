@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ticketure_mail.errors import ParseError
 from ticketure_mail.model import Address, ParsedMail
+from ticketure_mail.htmltext import html_to_text
 from ticketure_mail.parsing import message_ids, normalize_message_id, parse_mail
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -589,6 +590,21 @@ def test_html_only_body_is_turned_into_text() -> None:
     mail = parse_mail(mime("text/html; charset=utf-8", html))
     assert mail.body_html is not None and "<style>" in mail.body_html
     assert mail.body_text == "Hello there & welcome\n\nline two\nline three\n\none\n\ntwo\n\na b\n\nend <tag>"
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("<p>if a < b and c<d then</p>", "if a < b and c<d then"),
+        ("<p>x</p>" + "</" * 200_000, "x\n" + "</" * 200_000),  # html.parser alone: minutes
+        ("<p>y</p><a" + " x" * 200_000, "y\n<a" + " x" * 200_000),
+        ("<!--[if mso]><table><tr><td>o</td></tr></table><![endif]--><p>z</p>", "z"),  # Outlook's comments stay hidden
+    ],
+)
+def test_a_less_than_sign_that_opens_no_tag_is_text(html: str, text: str) -> None:
+    # A "<" that no ">" closes made html.parser quadratic: a few MB of "</" held a parser for
+    # hours. Such a "<" is text, as a browser shows it.
+    assert html_to_text(html) == text
 
 
 def test_html_charset_is_honoured() -> None:

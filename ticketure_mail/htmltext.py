@@ -59,11 +59,18 @@ class _TextCollector(HTMLParser):
         self.chunks.append(data if self._pre else _HTML_SPACE.sub(" ", data))
 
 
+# A "<" that no ">" closes before the next "<": not a tag. html.parser looks for the end of
+# each such one to the end of the input, which makes a body of many of them (hostile, or just
+# broken) take time quadratic in its length: 300 KB took seconds, a few MB hours. Escaped
+# first, in one linear pass (the lookahead stops at the next "<" or ">"), they are text.
+_UNCLOSED_TAG = re.compile(r"<(?![^<>]*>)")
+
+
 def html_to_text(html: str) -> str:
     """The visible text of ``html``: one line per block, at most one blank line in a row."""
     collector = _TextCollector()
     try:
-        collector.feed(html)
+        collector.feed(_UNCLOSED_TAG.sub("&lt;", html))
         collector.close()
     except Exception:  # HTMLParser is lenient, but a bad body must never fail a mail
         pass
