@@ -125,3 +125,20 @@ def test_leaving_the_loop_does_not_wait_on_messages_that_hang_the_parser(parsers
     assert time.monotonic() - started < 10  # about 2 s; waiting for each of the others: 16 s
     assert all(child.alive for child in parsers._children)
     assert [o.message_id for o in parsers.parse_all(messages(2))] == ["w0@example.com", "w1@example.com"]
+
+
+def test_a_message_that_needs_more_memory_than_the_parser_may_have_costs_only_itself() -> None:
+    workers = ParseWorkers(processes=1, timeout_seconds=60, memory_limit_bytes=256 * 2**20)
+    try:
+        list(workers.parse_all(messages(1)))  # the child is past its start-up
+        limits = Path(f"/proc/{workers._children[0].process.pid}/limits").read_text()
+        [line] = [line for line in limits.splitlines() if line.startswith("Max address space")]
+        assert line.split()[3:5] == [str(256 * 2**20)] * 2
+        # 300 MB to hold and decode: more than the child may have.
+        big = (b"From: a@example.com\r\nMessage-ID: <big@example.com>\r\n\r\n" + b"x" * (300 * 2**20))
+        outcomes = list(workers.parse_all([big, raw_message(message_id="<after@example.com>")]))
+        assert isinstance(outcomes[0], ParseError)
+        assert "MemoryError" in str(outcomes[0]) or "ended" in str(outcomes[0])
+        assert isinstance(outcomes[1], ParsedMail) and outcomes[1].message_id == "after@example.com"
+    finally:
+        workers.close()

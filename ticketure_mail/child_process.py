@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -17,13 +18,16 @@ import sys
 from multiprocessing.connection import Connection
 
 
-def start(target: str) -> tuple[subprocess.Popen[bytes], Connection]:
+def start(target: str, memory_limit_bytes: int = 0) -> tuple[subprocess.Popen[bytes], Connection]:
     """Run ``module:function`` in a new interpreter; the function gets the child's end of the
-    connection, the caller the other. The child ignores Ctrl-C: its parent decides when it stops."""
+    connection, the caller the other. The child ignores Ctrl-C: its parent decides when it stops.
+    With ``memory_limit_bytes``, the child's address space is capped there: past it an
+    allocation raises MemoryError in the child, rather than the kernel's OOM killer choosing a
+    process to end, which may be the daemon."""
     ours, theirs = socket.socketpair()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", __name__, target, str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-m", __name__, target, str(theirs.fileno()), str(os.getpid()), str(memory_limit_bytes)],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
         )
@@ -33,8 +37,10 @@ def start(target: str) -> tuple[subprocess.Popen[bytes], Connection]:
 
 
 def _main(argv: list[str]) -> None:
-    target, fd, parent = argv
+    target, fd, parent, memory_limit = argv
     _end_with_parent(int(parent))
+    if int(memory_limit) > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (int(memory_limit), int(memory_limit)))
     module, _, function = target.partition(":")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     connection = Connection(int(fd))

@@ -112,6 +112,9 @@ class WorkerSettings:
     parser_processes: int = 1
     # A message still being parsed after this long is quarantined and its parser restarted.
     parse_timeout_seconds: int = 60
+    # Address space each parser process may use; a message that needs more is quarantined
+    # (MemoryError) instead of the kernel ending a process, perhaps the daemon. 0: no limit.
+    parser_memory_mb: int = 2048
 
 
 @dataclass(frozen=True)
@@ -549,6 +552,8 @@ def _check_semantics(settings: Settings) -> None:
     _check_database_url(settings.database.url, need)
     need(1 <= settings.smtp.connections <= 16, "smtp.connections", "must be between 1 and 16")
     need(0 <= settings.workers.parser_processes <= 16, "workers.parser_processes", "must be between 0 and 16")
+    need(settings.workers.parser_memory_mb == 0 or 256 <= settings.workers.parser_memory_mb <= 1_048_576,
+         "workers.parser_memory_mb", "must be 0 (no limit) or between 256 and 1048576")
     need(0 <= settings.attachments.max_bytes_per_message <= 2**31, "attachments.max_bytes_per_message",
          "must be between 0 and 2 GiB")
     need(bool(settings.urgency.markers), "urgency.markers", "must name at least one marker")

@@ -35,11 +35,12 @@ _POLL_SECONDS = 0.25
 class ParseWorkers:
     """``processes`` children that parse messages; results come back in the order given."""
 
-    def __init__(self, processes: int, timeout_seconds: float) -> None:
+    def __init__(self, processes: int, timeout_seconds: float, memory_limit_bytes: int = 0) -> None:
         if processes < 1:
             raise ValueError("at least one parser process")
         self.processes = processes
         self.timeout = timeout_seconds
+        self.memory_limit = memory_limit_bytes
         self._children: list[_Child] = []
 
     def parse_all(self, raws: Sequence[bytes | None]) -> Iterator[ParseOutcome | None]:
@@ -86,7 +87,7 @@ class ParseWorkers:
 
     def _started(self) -> list[_Child]:
         if not self._children:
-            self._children = [_Child(n) for n in range(self.processes)]
+            self._children = [_Child(n, self.memory_limit) for n in range(self.processes)]
         return self._children
 
 
@@ -95,13 +96,14 @@ class _Child:
     its own, so that the caller never blocks on a full socket while the child, in turn, waits
     for the caller to read its answers."""
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, memory_limit: int = 0) -> None:
         self.number = number
+        self.memory_limit = memory_limit
         self._in_flight: deque[bytes] = deque()
         self._start()
 
     def _start(self) -> None:
-        self.process, self._conn = child_process.start(f"{__name__}:serve")
+        self.process, self._conn = child_process.start(f"{__name__}:serve", self.memory_limit)
         self._outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._feeder = threading.Thread(target=self._feed, args=(self._conn, self._outgoing),
                                         name=f"parser-{self.number}-feeder", daemon=True)
