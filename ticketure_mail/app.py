@@ -64,9 +64,7 @@ class App:
             # Read both secrets now, so a missing one is a config error at start, not a log line later.
             read_secret(self.settings, "imap")
             workers = self.settings.workers
-            parsers = (ParseWorkers(workers.parser_processes, workers.parse_timeout_seconds,
-                                    workers.parser_memory_mb * 2**20)
-                       if workers.parser_processes else None)
+            parsers = self._parse_workers(workers.parser_processes) if workers.parser_processes else None
             self._poller = Poller(self.inbox, self.store, self.processor, self.delivery(), self.settings.imap, self.stop,
                                   parsers)
         return self._poller
@@ -80,8 +78,12 @@ class App:
         if not workers.parser_processes or len(raw) > self.settings.imap.max_message_bytes:
             return None
         if self._command_parser is None:
-            self._command_parser = ParseWorkers(1, workers.parse_timeout_seconds, workers.parser_memory_mb * 2**20)
+            self._command_parser = self._parse_workers(1)
         return next(iter(self._command_parser.parse_all([raw])))
+
+    def _parse_workers(self, processes: int) -> ParseWorkers:
+        workers = self.settings.workers
+        return ParseWorkers(processes, workers.parse_timeout_seconds, workers.parser_memory_mb * 2**20)
 
     def close(self) -> None:
         if self._command_parser is not None:

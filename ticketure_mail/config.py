@@ -23,11 +23,11 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from .ack_templates import load_templates
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 CONFIG_ENV_VAR = "TICKETURE_MAIL_CONFIG"
 # A real config is a few kilobytes; a multi-gigabyte file must not be read whole first.
 _MAX_CONFIG_BYTES = 1024 * 1024
-log = logging.getLogger(__name__)
-
 DEFAULT_CONFIG_PATH = "config.toml"
 
 TlsMode = Literal["ssl", "starttls", "none"]
